@@ -1,0 +1,185 @@
+"""Reading and writing checkpoints safely.
+
+Every checkpoint the project reads goes through :func:`load_checkpoint_file`: pickles are unpickled with
+``weights_only=True`` so a file from the internet cannot run code, and ``.safetensors`` files are read natively.
+Every file the project writes goes through :func:`atomic_save`, so a crash never leaves a half-written file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+__all__ = [
+    'CheckpointError', 'load_checkpoint_file', 'extract_state_dict', 'clean_state_dict', 'load_model_weights',
+    'atomic_save', 'atomic_write_bytes', 'atomic_write_text', 'save_safetensors',
+]
+
+# Wrapper keys of the released and timm/DeiT training checkpoints, in the order they are tried.
+_STATE_DICT_KEYS = ('state_dict', 'model')
+_EMA_KEYS = ('state_dict_ema', 'model_ema')
+# Prefixes added by DistributedDataParallel and torch.compile, in either nesting order.
+_WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unsafe, unreadable or does not fit the model."""
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = 'cpu') -> Any:
+    """Load a ``.pth``/``.pth.tar``/``.pt`` or ``.safetensors`` file without executing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint not found: {path} (check the path)')
+    if path.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path), device=str(map_location))
+        except Exception as error:  # safetensors raises several unrelated types
+            raise CheckpointError(f'cannot read safetensors file {path}: {error}') from None
+    try:
+        # argparse.Namespace is what timm/DeiT training scripts store under 'args'; it is plain data.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f'{path} is not a plain weights file: it asks to run code when loaded, which is refused for safety '
+            f'({str(error).splitlines()[0]}); re-save it as a plain state dict or .safetensors from a trusted source'
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f'cannot read checkpoint {path}: {error} (the file may be truncated or corrupt)') from None
+
+
+def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Strip ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes, in any nesting order."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+                    stripped = True
+        cleaned[key] = value
+    return cleaned
+
+
+def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Return the model weights from any released or training checkpoint form.
+
+    Accepts a bare state dict, or one wrapped under ``model`` / ``state_dict`` (and ``state_dict_ema`` /
+    ``model_ema`` when ``use_ema``), with or without ``module.`` prefixes.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f'checkpoint holds a {type(checkpoint).__name__}, expected a dict of weights')
+    keys = (_EMA_KEYS if use_ema else ()) + _STATE_DICT_KEYS
+    for key in keys:
+        if isinstance(checkpoint.get(key), Mapping):
+            return clean_state_dict(checkpoint[key])
+    if use_ema:
+        raise CheckpointError('--use-ema was given but the checkpoint has no state_dict_ema/model_ema')
+    if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        return clean_state_dict(checkpoint)
+    raise CheckpointError(
+        f'checkpoint has no weights: expected a state dict or one of the keys {", ".join(keys)}, '
+        f'found keys {", ".join(sorted(map(str, checkpoint))[:8])}'
+    )
+
+
+def load_model_weights(
+        model: torch.nn.Module,
+        path: str | os.PathLike,
+        use_ema: bool = False,
+        strict: bool = True,
+) -> None:
+    """Load a checkpoint file into ``model``, raising a one-line error that names what does not match."""
+    state_dict = extract_state_dict(load_checkpoint_file(path), use_ema=use_ema)
+    filter_fn = getattr(model, 'checkpoint_filter_fn', None)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    check_state_dict_fits(model, state_dict, source=str(path), strict=strict)
+    model.load_state_dict(state_dict, strict=strict)
+
+
+def check_state_dict_fits(
+        model: torch.nn.Module,
+        state_dict: Mapping[str, torch.Tensor],
+        source: str,
+        strict: bool = True,
+) -> None:
+    """Raise :class:`CheckpointError` naming missing/unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if strict and missing:
+        problems.append(f'{len(missing)} missing keys (e.g. {", ".join(missing[:3])})')
+    if strict and unexpected:
+        problems.append(f'{len(unexpected)} unexpected keys (e.g. {", ".join(unexpected[:3])})')
+    mismatched = [
+        f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}'
+        for k, v in state_dict.items()
+        if k in expected and isinstance(v, torch.Tensor) and v.shape != expected[k].shape
+    ]
+    if mismatched:
+        problems.append(f'{len(mismatched)} shape mismatches (e.g. {"; ".join(mismatched[:2])})')
+    if problems:
+        raise CheckpointError(
+            f'checkpoint {source} does not fit model {type(model).__name__}: {", ".join(problems)}; '
+            f'check --model (and --num-classes) match the checkpoint'
+        )
+
+
+def _atomic_write(path: str | os.PathLike, write: Any) -> Path:
+    """Write through ``write(file)`` into a temp file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` that never leaves a partial file at ``path`` (the old file survives any failure)."""
+    return _atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    return _atomic_write(path, lambda file: file.write(data))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    return atomic_write_bytes(text.encode('utf-8'), path)
+
+
+def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a state dict as ``.safetensors`` atomically (tensors made contiguous, shared storage split)."""
+    from safetensors.torch import save
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    return atomic_write_bytes(save(tensors, metadata=dict(metadata or {})), path)

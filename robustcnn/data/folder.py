@@ -1,0 +1,170 @@
+"""Reading class-folder image trees: labels come from folder *names* through a given label space.
+
+Both training and every evaluation set read images through :class:`ClassFolderDataset`, so bad files are
+handled one way everywhere: a file that cannot be decoded is named in a warning, then either skipped (evaluation)
+or replaced by the next readable sample (training), and counted in every batch (``num_failed``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = [
+    'IMAGE_EXTENSIONS', 'ImageDecodeError', 'load_rgb_image', 'list_class_folders', 'scan_class_folders',
+    'ClassFolderDataset', 'FolderBatch', 'collate_folder_batch',
+]
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif', '.ppm', '.pgm'})
+
+
+class ImageDecodeError(OSError):
+    """An image file exists but cannot be turned into an RGB picture."""
+
+
+def load_rgb_image(path: str | os.PathLike) -> Image.Image:
+    """Open any common image as 8-bit RGB (grayscale, palette, CMYK, RGBA, 16-bit), or raise ImageDecodeError."""
+    try:
+        with warnings.catch_warnings():
+            # An image over PIL's pixel limit warns first and raises past twice the limit; both count as hostile.
+            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                if image.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
+                    # 16-bit (or 32-bit int) grayscale: scale to 8 bits instead of clipping to white.
+                    array = np.asarray(image, dtype=np.float64)
+                    top = 65535.0 if image.mode.startswith('I;16') else max(float(array.max()), 1.0)
+                    array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                    return Image.fromarray(array, mode='L').convert('RGB')
+                if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
+                    # Composite transparency onto white rather than letting it become black.
+                    rgba = image.convert('RGBA')
+                    background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+                    return Image.alpha_composite(background, rgba).convert('RGB')
+                return image.convert('RGB')
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageDecodeError(f'{path}: image too large to decode safely ({error})') from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as error:
+        raise ImageDecodeError(f'{path}: {error}') from None
+
+
+def list_class_folders(root: str | os.PathLike) -> list[str]:
+    """Sorted names of the sub-folders of ``root`` (hidden folders ignored)."""
+    root = Path(root)
+    return sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith('.'))
+
+
+def scan_class_folders(
+        root: str | os.PathLike,
+        class_to_index: Mapping[str, int],
+        folder_names: Sequence[str] | None = None,
+) -> list[tuple[str, int]]:
+    """List ``(path, label)`` for every image under ``root/<class folder>/`` (recursively), sorted by path.
+
+    ``class_to_index`` is the model's label space; folders present are looked up in it, so a tree holding only
+    some classes is labelled correctly. A folder that maps to nothing is an error naming it.
+    """
+    root = Path(root)
+    folder_names = list_class_folders(root) if folder_names is None else list(folder_names)
+    unknown = [name for name in folder_names if name not in class_to_index]
+    if unknown:
+        raise ValueError(
+            f'class folder(s) {", ".join(unknown[:5])}{" ..." if len(unknown) > 5 else ""} under {root} are not in '
+            f'the label space ({len(class_to_index)} classes); pass --class-map with the model\'s class list'
+        )
+    samples = []
+    for name in folder_names:
+        label = class_to_index[name]
+        for directory, _, files in os.walk(root / name, followlinks=True):
+            for file_name in files:
+                if os.path.splitext(file_name)[1].lower() in IMAGE_EXTENSIONS:
+                    samples.append((os.path.join(directory, file_name), label))
+    samples.sort(key=lambda sample: sample[0])
+    return samples
+
+
+class FolderBatch(NamedTuple):
+    """A collated batch: decoded images, their labels and dataset indices, and how many files failed."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    indices: torch.Tensor
+    num_failed: int
+
+
+class ClassFolderDataset(Dataset):
+    """Images with integer labels; ``samples`` is a list of ``(path, label)``.
+
+    ``on_decode_error='skip'`` drops an unreadable sample from its batch (evaluation: each file counts at most
+    once); ``'replace'`` substitutes the next readable sample so batch sizes stay fixed (training).
+    """
+
+    def __init__(
+            self,
+            samples: Sequence[tuple[str, int]],
+            transform: Callable[[Image.Image], Any] | None = None,
+            on_decode_error: str = 'skip',
+    ) -> None:
+        if on_decode_error not in ('skip', 'replace'):
+            raise ValueError(f"on_decode_error must be 'skip' or 'replace', not {on_decode_error!r}")
+        self.samples = list(samples)
+        self.transform = transform
+        self.on_decode_error = on_decode_error
+
+    @classmethod
+    def from_folder(
+            cls,
+            root: str | os.PathLike,
+            class_to_index: Mapping[str, int] | None = None,
+            transform: Callable[[Image.Image], Any] | None = None,
+            on_decode_error: str = 'skip',
+    ) -> 'ClassFolderDataset':
+        """Read ``root/<class>/...``; without ``class_to_index`` the classes are the sorted folder names."""
+        if class_to_index is None:
+            class_to_index = {name: index for index, name in enumerate(list_class_folders(root))}
+        dataset = cls(scan_class_folders(root, class_to_index), transform, on_decode_error)
+        dataset.class_to_index = dict(class_to_index)
+        return dataset
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, index: int) -> Any:
+        image = load_rgb_image(self.samples[index][0])
+        return self.transform(image) if self.transform is not None else image
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int, int]:
+        """Return ``(image, label, index, num_failed)``; ``image`` is None for a skipped sample."""
+        num_failed = 0
+        for attempt in range(len(self.samples)):
+            current = (index + attempt) % len(self.samples)
+            try:
+                return self._load(current), self.samples[current][1], current, num_failed
+            except ImageDecodeError as error:
+                num_failed += 1
+                _logger.warning('skipping unreadable image %s', error)
+                if self.on_decode_error == 'skip':
+                    return None, self.samples[index][1], index, num_failed
+        raise RuntimeError('no image in the dataset can be decoded')
+
+
+def collate_folder_batch(batch: Sequence[tuple[Any, int, int, int]]) -> FolderBatch:
+    """Stack the decoded samples of a batch, dropping skipped ones and counting every failed file."""
+    kept = [sample for sample in batch if sample[0] is not None]
+    num_failed = sum(sample[3] for sample in batch)
+    if not kept:
+        return FolderBatch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long),
+                           num_failed)
+    images = torch.stack([torch.as_tensor(sample[0]) for sample in kept])
+    targets = torch.tensor([sample[1] for sample in kept], dtype=torch.long)
+    indices = torch.tensor([sample[2] for sample in kept], dtype=torch.long)
+    return FolderBatch(images, targets, indices, num_failed)

@@ -1,0 +1,1 @@
+"""Robust-ResNet models, registered with timm on import."""

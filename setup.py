@@ -1,0 +1,46 @@
+"""RobustCNN: Robust-ResNet ("Can CNNs Be More Robust Than Transformers?", ICLR 2023) as timm models,
+with training and out-of-distribution evaluation tools."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r"__version__ = '([^']+)'", (HERE / 'robustcnn' / 'version.py').read_text()).group(1)
+
+# Tested minimums. torch is deliberately not pinned to one version: a CPU-only local wheel breaks PyPI's
+# torchvision, while PyPI's CUDA builds run fine on a CPU.
+INSTALL_REQUIRES = [
+    'torch>=2.4',
+    'torchvision>=0.19',
+    'timm>=1.0.20,<1.1',
+    'numpy>=1.24',
+    'pyyaml>=6.0',
+    'pillow>=10.0',
+    'safetensors>=0.4',
+]
+EXTRAS_REQUIRE = {
+    'report': ['matplotlib>=3.7'],
+    'dev': ['pytest>=8.0', 'pytest-timeout>=2.3', 'matplotlib>=3.7'],
+}
+
+setup(
+    name='robustcnn',
+    version=VERSION,
+    description='Robust-ResNet models (ICLR 2023) for timm, with training and OOD-robustness evaluation',
+    long_description=(HERE / 'README.md').read_text(encoding='utf-8') if (HERE / 'README.md').exists() else '',
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=find_packages(include=['robustcnn', 'robustcnn.*']),
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={'console_scripts': ['robustcnn=robustcnn.__main__:main']},
+    classifiers=[
+        'Programming Language :: Python :: 3.10',
+        'Programming Language :: Python :: 3.11',
+        'Programming Language :: Python :: 3.12',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+)
