@@ -1,0 +1,54 @@
+"""Shared behaviour of the command lines: user mistakes become one line on stderr and exit status 2."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from .checkpoint import CheckpointError
+
+__all__ = ['UsageError', 'USER_ERRORS', 'run_cli', 'setup_logging']
+
+
+class UsageError(ValueError):
+    """Bad input from the user (arguments, paths, data layout); the message says what to do."""
+
+
+# Errors that mean "the user gave us something wrong", reported without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, CheckpointError, FileNotFoundError, NotADirectoryError)
+
+
+def setup_logging(is_main: bool = True, log_file: str | os.PathLike | None = None) -> None:
+    """Log INFO on the main process (WARNING elsewhere), to stderr and optionally to ``log_file``."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None and is_main:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(
+        level=logging.INFO if is_main else logging.WARNING,
+        format='%(asctime)s %(levelname)s %(message)s',
+        datefmt='%H:%M:%S',
+        handlers=handlers,
+        force=True,
+    )
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
+            prog: str | None = None) -> NoReturn:
+    """Run ``main(argv)`` and exit: 0 on success, 2 with one line for a user error, 130 on Ctrl-C.
+
+    Set ``ROBUSTCNN_TRACEBACK=1`` to see the full traceback of a user error.
+    """
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        code = main(argv)
+    except USER_ERRORS as error:
+        if os.environ.get('ROBUSTCNN_TRACEBACK'):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f'{prog}: error: {message}', file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted', file=sys.stderr)
+        sys.exit(130)
+    sys.exit(int(code or 0))
