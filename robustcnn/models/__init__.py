@@ -1,1 +1,8 @@
-"""Robust-ResNet models, registered with timm on import."""
+"""Robust-ResNet models; importing this package registers them with timm."""
+from .blocks import BLOCK_TYPES, DownInvertedDWBlock, DWBlock, InvertedDWBlock, UpInvertedDWBlock
+from .robust_resnet import RobustResNet, RobustResNetStage, checkpoint_filter_fn
+
+__all__ = [
+    'BLOCK_TYPES', 'DWBlock', 'InvertedDWBlock', 'UpInvertedDWBlock', 'DownInvertedDWBlock',
+    'RobustResNet', 'RobustResNetStage', 'checkpoint_filter_fn',
+]
