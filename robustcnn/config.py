@@ -1,0 +1,378 @@
+"""Command-line flags and YAML configs for training.
+
+A YAML config is a mapping whose keys are flag names (``batch-size`` or ``batch_size``); its values become the
+parser's defaults, so any flag on the command line still wins. Unknown keys and wrongly typed values are errors that
+name the key: a typo in a 300-epoch recipe must fail before any work, not be silently ignored.
+
+Flag names and meanings are timm's; the defaults are the paper's DeiT recipe (except ``--scale-lr``, which stays off
+as in timm so that ``--lr`` is the real learning rate unless asked otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .cli import UsageError
+
+__all__ = [
+    'ConfigError', 'build_train_parser', 'parse_train_args', 'load_yaml_config', 'apply_yaml_defaults',
+    'args_to_yaml', 'effective_learning_rate', 'total_batch_size',
+]
+
+DEFAULT_AUTO_AUGMENT = 'rand-m9-mstd0.5-inc1'
+
+
+class ConfigError(UsageError):
+    """A config file or flag value is wrong; the message names the key."""
+
+
+class KeyValueAction(argparse.Action):
+    """``--model-kwargs patch_size=4 kernel_size=11``: values are read as YAML scalars (numbers, bools, lists)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        result = dict(getattr(namespace, self.dest, None) or {})
+        for item in values:
+            if '=' not in item:
+                raise argparse.ArgumentError(self, f'expected KEY=VALUE, got {item!r}')
+            key, value = item.split('=', 1)
+            result[key.strip()] = yaml.safe_load(value)
+        setattr(namespace, self.dest, result)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be 0 or more, got {value}')
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f'must be a finite number >= 0, got {text}')
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'must be between 0 and 1, got {text}')
+    return value
+
+
+# argparse prints the type function's __name__ in its messages; make those readable.
+_positive_int.__name__ = 'positive integer'
+_non_negative_int.__name__ = 'non-negative integer'
+_non_negative_float.__name__ = 'non-negative number'
+_probability.__name__ = 'probability'
+
+_INT_TYPES = (int, _positive_int, _non_negative_int)
+_FLOAT_TYPES = (float, _non_negative_float, _probability)
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    """All training flags. The original release's TRAIN.md flags are all accepted with their meanings."""
+    parser = argparse.ArgumentParser(
+        prog='train.py',
+        description='Train a Robust-ResNet (or any timm model) on an image-folder dataset with the DeiT recipe.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    bool_flag = argparse.BooleanOptionalAction
+    add = parser.add_argument
+    add('-c', '--config', default='', metavar='FILE', help='YAML file of flag defaults (keys are flag names)')
+
+    group = parser.add_argument_group('data')
+    group.add_argument('data_dir_positional', nargs='?', default=None, metavar='DATA_DIR',
+                       help='dataset root holding TRAIN_SPLIT/ and VAL_SPLIT/ class folders')
+    group.add_argument('--data-dir', default=None, metavar='DIR', help='same as the positional DATA_DIR')
+    group.add_argument('--train-split', default='train', help='training folder under DATA_DIR')
+    group.add_argument('--val-split', default='val', help='validation folder under DATA_DIR')
+    group.add_argument('--num-classes', type=_positive_int, default=None,
+                       help='classifier size (default: the number of class folders)')
+    group.add_argument('--img-size', type=_positive_int, default=None, help='input size (default: the model\'s)')
+    group.add_argument('--input-size', type=_positive_int, nargs=3, default=None, metavar=('C', 'H', 'W'))
+    group.add_argument('--crop-pct', type=float, default=None, help='validation center-crop fraction')
+    group.add_argument('--mean', type=float, nargs='+', default=None)
+    group.add_argument('--std', type=float, nargs='+', default=None)
+    group.add_argument('--interpolation', default='', help='validation resize interpolation (default: model\'s)')
+    group.add_argument('-b', '--batch-size', type=_positive_int, default=128, help='per-device batch size')
+    group.add_argument('-vb', '--validation-batch-size', type=_positive_int, default=None)
+    group.add_argument('-j', '--workers', type=_non_negative_int, default=6, help='data-loading processes per device')
+    group.add_argument('--pin-mem', action=bool_flag, default=False, help='pin host memory for faster GPU copies')
+
+    group = parser.add_argument_group('model')
+    group.add_argument('--model', default='robust_resnet_dw_small', help='timm model name')
+    group.add_argument('--model-kwargs', nargs='*', action=KeyValueAction, default={}, metavar='KEY=VALUE',
+                       help='extra model constructor arguments, e.g. patch_size=8 kernel_size=11')
+    group.add_argument('--pretrained', action=bool_flag, default=False, help='start from timm pretrained weights')
+    group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='start from these weights')
+    group.add_argument('--drop', type=_probability, default=0.0, help='classifier dropout')
+    group.add_argument('--drop-path', type=_probability, default=0.1, help='stochastic depth rate')
+    group.add_argument('--grad-checkpointing', action=bool_flag, default=False)
+    group.add_argument('--channels-last', action=bool_flag, default=False)
+    group.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
+                       help='torch.compile the model (default backend inductor)')
+    group.add_argument('--sync-bn', action=bool_flag, default=False, help='synchronize BatchNorm across devices')
+    group.add_argument('--model-ema', action=bool_flag, default=False, help='keep (and validate) an EMA of weights')
+    group.add_argument('--model-ema-decay', type=_probability, default=0.99996)
+
+    group = parser.add_argument_group('optimizer')
+    group.add_argument('--opt', default='adamw', help='timm optimizer name')
+    group.add_argument('--opt-eps', type=float, default=1e-8)
+    group.add_argument('--opt-betas', type=float, nargs='+', default=None)
+    group.add_argument('--momentum', type=float, default=0.9)
+    group.add_argument('--weight-decay', type=_non_negative_float, default=0.05,
+                       help='not applied to biases and 1-D parameters (norm weights)')
+    group.add_argument('--clip-grad', type=_non_negative_float, default=None, metavar='NORM')
+    group.add_argument('--clip-mode', default='norm', choices=['norm', 'value', 'agc'])
+    group.add_argument('--grad-accum-steps', '--update_freq', '--update-freq', dest='grad_accum_steps',
+                       type=_positive_int, default=1,
+                       help='micro-batches per optimizer step (effective batch = batch x devices x this)')
+
+    group = parser.add_argument_group('learning-rate schedule')
+    group.add_argument('--sched', default='cosine', help='timm scheduler name')
+    group.add_argument('--sched-on-updates', action=bool_flag, default=False,
+                       help='step the schedule every optimizer update instead of every epoch')
+    group.add_argument('--lr', type=_non_negative_float, default=5e-4)
+    group.add_argument('--scale-lr', action=bool_flag, default=False,
+                       help='use lr x total batch / 512 (total batch = batch x devices x accumulation steps)')
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None)
+    group.add_argument('--lr-noise-pct', type=float, default=0.67)
+    group.add_argument('--lr-noise-std', type=float, default=1.0)
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0)
+    group.add_argument('--lr-cycle-decay', type=float, default=0.1)
+    group.add_argument('--lr-cycle-limit', type=_positive_int, default=1)
+    group.add_argument('--lr-k-decay', type=float, default=1.0)
+    group.add_argument('--warmup-lr', type=_non_negative_float, default=1e-6)
+    group.add_argument('--min-lr', type=_non_negative_float, default=1e-5)
+    group.add_argument('--epochs', type=_positive_int, default=300)
+    group.add_argument('--decay-epochs', type=float, default=90, help='step/multistep schedules only')
+    group.add_argument('--decay-milestones', type=int, nargs='+', default=[90, 180, 270])
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.1)
+    group.add_argument('--warmup-epochs', type=_non_negative_int, default=5)
+    group.add_argument('--warmup-prefix', action=bool_flag, default=False)
+    group.add_argument('--cooldown-epochs', type=_non_negative_int, default=0)
+    group.add_argument('--patience-epochs', type=_non_negative_int, default=10)
+
+    group = parser.add_argument_group('augmentation and regularization')
+    group.add_argument('--no-aug', action=bool_flag, default=False, help='resize/crop only, no augmentation')
+    group.add_argument('--scale', type=float, nargs=2, default=[0.08, 1.0], help='random-resized-crop area range')
+    group.add_argument('--ratio', type=float, nargs=2, default=[3. / 4., 4. / 3.])
+    group.add_argument('--hflip', type=_probability, default=0.5)
+    group.add_argument('--vflip', type=_probability, default=0.0)
+    group.add_argument('--color-jitter', type=float, default=0.4, help='unused when --aa is set (as in timm)')
+    group.add_argument('--aa', default=DEFAULT_AUTO_AUGMENT, help='timm auto-augment policy; "none" disables')
+    group.add_argument('--aug-repeats', type=_non_negative_int, default=3,
+                       help='repeated augmentation count (0 or 1: off); used on one device too')
+    group.add_argument('--reprob', type=_probability, default=0.25, help='random erasing probability')
+    group.add_argument('--remode', default='pixel', choices=['const', 'rand', 'pixel'])
+    group.add_argument('--recount', type=_positive_int, default=1)
+    group.add_argument('--mixup', type=_non_negative_float, default=0.8, help='mixup alpha (0: off)')
+    group.add_argument('--cutmix', type=_non_negative_float, default=1.0, help='cutmix alpha (0: off)')
+    group.add_argument('--cutmix-minmax', type=float, nargs=2, default=None)
+    group.add_argument('--mixup-prob', type=_probability, default=1.0)
+    group.add_argument('--mixup-switch-prob', type=_probability, default=0.5)
+    group.add_argument('--mixup-mode', default='batch', choices=['batch', 'pair', 'elem'])
+    group.add_argument('--mixup-off-epoch', type=_non_negative_int, default=0, help='0: never turned off')
+    group.add_argument('--smoothing', type=_probability, default=0.1, help='label smoothing')
+    group.add_argument('--train-interpolation', default='bicubic', help='random-resized-crop interpolation')
+
+    group = parser.add_argument_group('device and precision')
+    group.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'xla'])
+    group.add_argument('--amp', action=bool_flag, default=False, help='mixed precision')
+    group.add_argument('--amp-dtype', default='bfloat16', choices=['bfloat16', 'float16'],
+                       help='float16 uses a gradient scaler, bfloat16 does not need one')
+    group.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
+
+    group = parser.add_argument_group('run, logging and checkpoints')
+    group.add_argument('--seed', type=_non_negative_int, default=0)
+    group.add_argument('--output', default='./output/train', metavar='PATH', help='parent folder of run folders')
+    group.add_argument('--experiment', default='', metavar='NAME',
+                       help='run folder name under --output (default: date-model-size)')
+    group.add_argument('--resume', default='', metavar='PATH|auto',
+                       help='checkpoint to continue from; "auto": the newest valid one in the run folder')
+    group.add_argument('--no-resume-opt', action=bool_flag, default=False,
+                       help='with --resume, load only the weights (fresh optimizer and schedule state)')
+    group.add_argument('--log-interval', type=_positive_int, default=50, help='optimizer updates between log lines')
+    group.add_argument('--recovery-interval', type=_non_negative_int, default=0,
+                       help='optimizer updates between recovery checkpoints (0: none)')
+    group.add_argument('--checkpoint-interval', type=_positive_int, default=10,
+                       help='epochs between checkpoint-{epoch}.pth.tar files')
+    group.add_argument('--checkpoint-hist', type=_non_negative_int, default=1,
+                       help='how many checkpoint-{epoch}.pth.tar files to keep')
+    group.add_argument('--eval-metric', default='top1', choices=['top1', 'top5', 'loss'],
+                       help='metric that picks model_best.pth.tar')
+    return parser
+
+
+def _actions_by_key(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Every name a YAML key may use for an action: its dest and each long option, with '-' and '_' both."""
+    names: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or action.dest == 'config':
+            continue
+        candidates = [action.dest] + [option.lstrip('-') for option in action.option_strings if option.startswith('--')]
+        if action.dest == 'data_dir_positional':
+            continue  # the YAML names the data folder 'data_dir' / 'data-dir', which is the --data-dir action
+        for name in candidates:
+            names[name.replace('-', '_')] = action
+    return names
+
+
+def _convert_scalar(key: str, action: argparse.Action, value: Any) -> Any:
+    """Check one YAML scalar against the flag's type; strings are run through the type (YAML reads 5e-4 as text)."""
+    converter = action.type
+    if value is None:
+        if action.default is None or action.nargs == '?':
+            return None
+        raise ConfigError(f'config key {key!r} is empty (null); give a value or remove the key')
+    if isinstance(value, bool):
+        raise ConfigError(f'config key {key!r} expects {_type_name(converter)}, got the boolean {value}')
+    try:
+        if converter in _INT_TYPES:
+            if isinstance(value, float):
+                raise ValueError('not a whole number')
+            result = converter(value) if isinstance(value, int) else converter(str(value))
+        elif converter in _FLOAT_TYPES:
+            if not isinstance(value, (int, float, str)):
+                raise ValueError('not a number')
+            result = converter(str(value)) if converter is not float else float(value)
+        else:  # strings
+            if not isinstance(value, str):
+                raise ValueError('not text')
+            result = converter(value) if converter is not None else value
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+        raise ConfigError(
+            f'config key {key!r} expects {_type_name(converter)}, got {value!r} ({error})') from None
+    if action.choices is not None and result not in action.choices:
+        raise ConfigError(f'config key {key!r} must be one of {", ".join(map(str, action.choices))}, got {result!r}')
+    return result
+
+
+def _type_name(converter: Any) -> str:
+    if converter in _INT_TYPES:
+        return 'an integer' if converter is int else f'a {converter.__name__}'
+    if converter in _FLOAT_TYPES:
+        return 'a number' if converter is float else f'a {converter.__name__}'
+    return 'text'
+
+
+def _convert_value(key: str, action: argparse.Action, value: Any) -> Any:
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            raise ConfigError(f'config key {key!r} is a switch: write true or false, not {value!r}')
+        return value
+    if isinstance(action, KeyValueAction):
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or not all(isinstance(name, str) for name in value):
+            raise ConfigError(f'config key {key!r} expects a mapping of argument names to values, got {value!r}')
+        return dict(value)
+    nargs = action.nargs
+    if nargs in ('+', '*') or isinstance(nargs, int):
+        if value is None and action.default is None:
+            return None
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f'config key {key!r} expects a list, got {value!r}')
+        if isinstance(nargs, int) and len(value) != nargs:
+            raise ConfigError(f'config key {key!r} expects {nargs} values, got {len(value)}')
+        if nargs == '+' and not value:
+            raise ConfigError(f'config key {key!r} expects at least one value')
+        return [_convert_scalar(key, action, item) for item in value]
+    return _convert_scalar(key, action, value)
+
+
+def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'config file not found: {path}')
+    try:
+        content = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except yaml.YAMLError as error:
+        raise ConfigError(f'config file {path} is not valid YAML: {" ".join(str(error).split())}') from None
+    if content is None:
+        return {}
+    if not isinstance(content, Mapping):
+        raise ConfigError(f'config file {path} must hold a mapping of flag names to values, not a '
+                          f'{type(content).__name__}')
+    return dict(content)
+
+
+def apply_yaml_defaults(parser: argparse.ArgumentParser, config: Mapping[str, Any], source: str = 'config') -> None:
+    """Validate ``config`` against the parser's flags and install its values as defaults."""
+    actions = _actions_by_key(parser)
+    defaults: dict[str, Any] = {}
+    for raw_key, value in config.items():
+        key = str(raw_key)
+        action = actions.get(key.replace('-', '_'))
+        if action is None:
+            close = [name for name in actions if name.startswith(key.replace('-', '_')[:4])][:3]
+            hint = f' (did you mean {", ".join(close)}?)' if close else ''
+            raise ConfigError(f'unknown key {key!r} in {source}{hint}; keys are the flag names of train.py --help')
+        defaults[action.dest] = _convert_value(key, action, value)
+    parser.set_defaults(**defaults)
+
+
+def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse flags (with ``--config`` YAML defaults) and check combinations before any expensive work."""
+    parser = build_train_parser()
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument('-c', '--config', default='')
+    known, _ = config_parser.parse_known_args(argv)
+    if known.config:
+        apply_yaml_defaults(parser, load_yaml_config(known.config), source=known.config)
+    args = parser.parse_args(argv)
+    finalize_train_args(args)
+    return args
+
+
+def finalize_train_args(args: argparse.Namespace) -> None:
+    """Merge the two spellings of the data folder and reject combinations that cannot work."""
+    positional = args.__dict__.pop('data_dir_positional', None)
+    if positional and args.data_dir and os.path.normpath(positional) != os.path.normpath(args.data_dir):
+        raise ConfigError(f'two data folders given: {positional} (positional) and {args.data_dir} (--data-dir)')
+    args.data_dir = positional or args.data_dir
+    if not args.data_dir:
+        raise ConfigError('no data folder given: pass DATA_DIR (or --data-dir, or data_dir in the config)')
+    if args.aa in ('', 'none', 'None'):
+        args.aa = None
+    mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
+    if mixup_active and not args.no_aug and args.batch_size % 2:
+        raise ConfigError(f'mixup/cutmix need an even --batch-size, got {args.batch_size}')
+    if args.resume == 'auto' and not args.experiment:
+        raise ConfigError('--resume auto needs --experiment NAME to find the run folder')
+    if args.opt_betas is not None and len(args.opt_betas) != 2:
+        raise ConfigError(f'--opt-betas expects 2 values, got {len(args.opt_betas)}')
+
+
+def args_to_yaml(args: argparse.Namespace) -> str:
+    """The resolved flags as YAML that ``--config`` accepts again (lists instead of tuples)."""
+    plain = {}
+    for key, value in vars(args).items():
+        if key in ('config', 'local_rank'):
+            continue
+        plain[key] = list(value) if isinstance(value, tuple) else value
+    return yaml.safe_dump(plain, default_flow_style=False, sort_keys=True)
+
+
+def total_batch_size(args: argparse.Namespace, world_size: int) -> int:
+    return args.batch_size * world_size * args.grad_accum_steps
+
+
+def effective_learning_rate(args: argparse.Namespace, world_size: int) -> float:
+    """``--scale-lr``: the linear scaling rule, lr x total batch / 512 (5e-4 -> 1e-3 at a total batch of 1024)."""
+    if args.scale_lr:
+        return args.lr * total_batch_size(args, world_size) / 512.0
+    return args.lr

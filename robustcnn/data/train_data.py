@@ -1,0 +1,232 @@
+"""Training data: folders -> augmented, repeated, sharded batches whose content is a pure function of the seed.
+
+Exact resume needs every random choice to be reproducible from ``(seed, epoch, position)`` alone:
+
+* the order of an epoch comes from timm's ``RepeatAugSampler`` (or a ``DistributedSampler``) seeded by
+  ``(seed, epoch)``, with explicit ``num_replicas``/``rank`` so repeated augmentation also works on one device;
+* every sample's augmentation RNGs (python, numpy, torch) are seeded from ``(seed, epoch, global position)``, so a
+  sample looks the same whichever worker decodes it, however many workers there are, and after a mid-epoch resume
+  that skips the batches already seen.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from timm.data import create_transform
+from timm.data.distributed_sampler import RepeatAugSampler
+
+from ..cli import UsageError
+from .folder import ClassFolderDataset, collate_folder_batch, list_class_folders, scan_class_folders
+
+__all__ = [
+    'check_split_folder', 'resolve_class_names', 'build_train_transform', 'build_eval_transform', 'SeededSampler',
+    'SeededDataset', 'build_train_loader', 'build_eval_loader', 'sample_seed',
+]
+
+_logger = logging.getLogger(__name__)
+
+
+def check_split_folder(data_dir: str, split: str, flag: str) -> Path:
+    """``DATA_DIR/SPLIT`` must exist and hold class folders with images; say exactly what is wrong otherwise."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UsageError(f'data folder not found: {root} (give the dataset root holding {split}/)')
+    folder = root / split
+    if not folder.is_dir():
+        present = ', '.join(sorted(p.name for p in root.iterdir() if p.is_dir())[:6]) or 'no folders'
+        raise UsageError(f'{folder} not found ({flag} {split}); {root} holds: {present}')
+    classes = list_class_folders(folder)
+    if not classes:
+        raise UsageError(f'{folder} has no class folders; expected {folder}/<class name>/<image files>')
+    return folder
+
+
+def resolve_class_names(train_folder: Path) -> list[str]:
+    """Class names in label order: the sorted training folder names (timm/torchvision convention)."""
+    return list_class_folders(train_folder)
+
+
+def build_train_transform(args: argparse.Namespace, data_config: Mapping[str, Any]) -> Any:
+    """timm's ImageNet training pipeline: random-resized crop, flip, RandAugment, normalize, random erasing."""
+    return create_transform(
+        input_size=data_config['input_size'],
+        is_training=True,
+        no_aug=args.no_aug,
+        scale=tuple(args.scale),
+        ratio=tuple(args.ratio),
+        hflip=args.hflip,
+        vflip=args.vflip,
+        color_jitter=args.color_jitter,
+        auto_augment=args.aa,
+        interpolation=args.train_interpolation or data_config['interpolation'],
+        mean=data_config['mean'],
+        std=data_config['std'],
+        re_prob=args.reprob,
+        re_mode=args.remode,
+        re_count=args.recount,
+    )
+
+
+def build_eval_transform(data_config: Mapping[str, Any]) -> Any:
+    """Resize + center crop + normalize, as the model will be evaluated."""
+    return create_transform(
+        input_size=data_config['input_size'],
+        is_training=False,
+        interpolation=data_config['interpolation'],
+        mean=data_config['mean'],
+        std=data_config['std'],
+        crop_pct=data_config['crop_pct'],
+    )
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A well-mixed 63-bit seed for one sample of one epoch (different for each repeat of the same image)."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(2, dtype=np.uint32).view(np.uint64)[0]
+               >> np.uint64(1))
+
+
+class SeededSampler(Sampler):
+    """Yields ``(dataset index, sample seed)`` for one process; the order is a pure function of (seed, epoch).
+
+    ``set_start(num_batches, batch_size)`` skips the samples already consumed in this epoch (mid-epoch resume)
+    without changing the order or the seeds of the rest.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, aug_repeats: int = 0) -> None:
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.aug_repeats = aug_repeats
+        if aug_repeats > 1:
+            self.base: Sampler = RepeatAugSampler(
+                dataset, num_replicas=num_replicas, rank=rank, shuffle=True, num_repeats=aug_repeats)
+        else:
+            self.base = DistributedSampler(
+                dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.start = 0
+        if isinstance(self.base, RepeatAugSampler):
+            # RepeatAugSampler seeds its shuffle with the epoch alone; fold the run seed in so --seed changes it.
+            self.base.set_epoch(self.seed * 1_000_003 + epoch)
+        else:
+            self.base.set_epoch(epoch)
+
+    def set_start(self, num_batches: int, batch_size: int) -> None:
+        self.start = num_batches * batch_size
+
+    def full_length(self) -> int:
+        return len(self.base)
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.start)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for local_position, index in enumerate(self.base):
+            if local_position < self.start:
+                continue
+            global_position = local_position * self.num_replicas + self.rank
+            yield index, sample_seed(self.seed, self.epoch, global_position)
+
+
+class SeededDataset(Dataset):
+    """Seeds python, numpy and torch RNGs per sample before the augmentation runs.
+
+    In the main process (``--workers 0``) the global RNG states are put back afterwards, so the training loop's
+    own randomness (mixup, drop path) does not depend on how many workers decoded the data.
+    """
+
+    def __init__(self, dataset: ClassFolderDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        in_main_process = torch.utils.data.get_worker_info() is None
+        if in_main_process:
+            saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(seed)
+        np.random.seed(seed % (2 ** 32))
+        torch.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            if in_main_process:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.set_rng_state(saved[2])
+
+
+def build_train_loader(
+        args: argparse.Namespace,
+        train_folder: Path,
+        class_to_index: Mapping[str, int],
+        transform: Any,
+        num_replicas: int,
+        rank: int,
+        pin_memory: bool = False,
+) -> DataLoader:
+    """Loader of full batches (``drop_last``) for one process; call ``loader.sampler.set_epoch`` every epoch."""
+    dataset = ClassFolderDataset(scan_class_folders(train_folder, class_to_index), transform, on_decode_error='replace')
+    if len(dataset) == 0:
+        raise UsageError(f'{train_folder} holds no image files in its class folders')
+    sampler = SeededSampler(dataset, num_replicas, rank, seed=args.seed, aug_repeats=args.aug_repeats)
+    if len(sampler) < args.batch_size:
+        raise UsageError(
+            f'{train_folder} gives each of the {num_replicas} process(es) {len(sampler)} samples per epoch, fewer '
+            f'than one --batch-size {args.batch_size}; use a smaller batch size')
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=args.batch_size,
+        sampler=sampler,
+        num_workers=args.workers,
+        collate_fn=collate_folder_batch,
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+        # The sampler supplies every seed; a fixed generator keeps DataLoader from drawing on the global RNG.
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def build_eval_loader(
+        folder: Path,
+        class_to_index: Mapping[str, int],
+        transform: Any,
+        batch_size: int,
+        workers: int,
+        num_replicas: int,
+        rank: int,
+        pin_memory: bool = False,
+) -> DataLoader:
+    """Unpadded shards so that distributed validation counts each image exactly once."""
+    from .samplers import ShardedEvalSampler
+    try:
+        samples = scan_class_folders(folder, class_to_index)
+    except ValueError as error:  # a validation folder that is not a training class
+        raise UsageError(str(error).replace('pass --class-map with the model\'s class list',
+                                            'validation classes must be training classes')) from None
+    dataset = ClassFolderDataset(samples, transform, on_decode_error='skip')
+    if len(dataset) == 0:
+        raise UsageError(f'{folder} holds no image files in its class folders')
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=ShardedEvalSampler(dataset, num_replicas=num_replicas, rank=rank),
+        num_workers=workers,
+        collate_fn=collate_folder_batch,
+        pin_memory=pin_memory,
+        drop_last=False,
+    )

@@ -1,0 +1,228 @@
+"""Training checkpoints: what they hold, where they go, and how a run continues from one.
+
+Files in the run folder, named as timm names them:
+
+* ``last.pth.tar``: end of the newest finished epoch (what ``--resume auto`` usually continues from);
+* ``model_best.pth.tar``: the epoch with the best validation metric;
+* ``checkpoint-{epoch}.pth.tar``: every ``--checkpoint-interval`` epochs, the newest ``--checkpoint-hist`` kept;
+* ``recovery-{epoch}-{batch}.pth.tar``: every ``--recovery-interval`` optimizer updates inside an epoch, only the
+  newest kept, removed once the epoch is finished.
+
+Every file is written with :func:`atomic_save` (never half-written) and holds only plain data and tensors, so it
+loads with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..checkpoint import CheckpointError, atomic_save, check_state_dict_fits, clean_state_dict, load_checkpoint_file
+
+__all__ = [
+    'LAST_NAME', 'BEST_NAME', 'capture_rng_state', 'restore_rng_state', 'CheckpointSaver', 'ResumePoint',
+    'find_resume_checkpoint', 'checkpoint_progress', 'restore_training_state',
+]
+
+_logger = logging.getLogger(__name__)
+
+LAST_NAME = 'last.pth.tar'
+BEST_NAME = 'model_best.pth.tar'
+_HISTORY_PATTERN = re.compile(r'^checkpoint-(\d+)\.pth\.tar$')
+_RECOVERY_PATTERN = re.compile(r'^recovery-(\d+)-(\d+)\.pth\.tar$')
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every global RNG as plain data (numpy's key array becomes a tensor so weights-only loading accepts it)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        'python': random.getstate(),
+        'numpy': {'name': name, 'keys': torch.from_numpy(keys.astype(np.int64)), 'position': int(position),
+                  'has_gauss': int(has_gauss), 'cached_gaussian': float(cached_gaussian)},
+        'torch': torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss_next = state['python']
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy_state = state['numpy']
+    np.random.set_state((numpy_state['name'], numpy_state['keys'].numpy().astype(np.uint32),
+                         numpy_state['position'], numpy_state['has_gauss'], numpy_state['cached_gaussian']))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def checkpoint_progress(checkpoint: Mapping[str, Any]) -> tuple[int, int]:
+    """``(epoch to run next, batches of it already done)``: the point a checkpoint continues from."""
+    epoch = int(checkpoint.get('epoch', -1))
+    if checkpoint.get('epoch_complete', True):
+        return epoch + 1, 0
+    return epoch, int(checkpoint.get('batch_in_epoch', 0))
+
+
+class CheckpointSaver:
+    """Writes the run's checkpoints (main process only) and keeps the best metric across resumes."""
+
+    def __init__(self, run_dir: str | Path, metric_name: str = 'top1', checkpoint_interval: int = 10,
+                 max_history: int = 1) -> None:
+        self.run_dir = Path(run_dir)
+        self.metric_name = metric_name
+        self.decreasing = metric_name == 'loss'
+        self.checkpoint_interval = checkpoint_interval
+        self.max_history = max_history
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+
+    def is_better(self, metric: float) -> bool:
+        if self.best_metric is None:
+            return True
+        return metric < self.best_metric if self.decreasing else metric > self.best_metric
+
+    def save_epoch(self, checkpoint: dict[str, Any], epoch: int, metric: float | None) -> bool:
+        """Save the end-of-epoch files; returns whether this epoch is the new best.
+
+        Order matters for a kill in between: ``last.pth.tar`` is written last, so until it exists a resume redoes
+        this epoch and rewrites the others.
+        """
+        is_best = metric is not None and self.is_better(metric)
+        if is_best:
+            self.best_metric, self.best_epoch = metric, epoch
+        checkpoint['best_metric'] = self.best_metric
+        checkpoint['best_epoch'] = self.best_epoch
+        if is_best:
+            atomic_save(checkpoint, self.run_dir / BEST_NAME)
+        if self.max_history > 0 and (epoch + 1) % self.checkpoint_interval == 0:
+            atomic_save(checkpoint, self.run_dir / f'checkpoint-{epoch}.pth.tar')
+            self._prune_history()
+        atomic_save(checkpoint, self.run_dir / LAST_NAME)
+        self._remove_recovery()
+        return is_best
+
+    def save_recovery(self, checkpoint: dict[str, Any], epoch: int, batch_in_epoch: int) -> Path:
+        checkpoint['best_metric'] = self.best_metric
+        checkpoint['best_epoch'] = self.best_epoch
+        path = atomic_save(checkpoint, self.run_dir / f'recovery-{epoch}-{batch_in_epoch}.pth.tar')
+        self._remove_recovery(keep=path)
+        return path
+
+    def _prune_history(self) -> None:
+        history = sorted((int(match.group(1)), path) for path in self.run_dir.iterdir()
+                         if (match := _HISTORY_PATTERN.match(path.name)))
+        for _, path in history[:max(0, len(history) - self.max_history)]:
+            path.unlink(missing_ok=True)
+
+    def _remove_recovery(self, keep: Path | None = None) -> None:
+        for path in self.run_dir.iterdir():
+            if _RECOVERY_PATTERN.match(path.name) and path != keep:
+                path.unlink(missing_ok=True)
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The readable checkpoint that is furthest along (``last`` or a recovery file), or None for a fresh run.
+
+    Unreadable files (e.g. from an old crash outside :func:`atomic_save`) are skipped with a warning, so one bad
+    file never blocks a restart.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    candidates = [run_dir / LAST_NAME] + [path for path in run_dir.iterdir() if _RECOVERY_PATTERN.match(path.name)]
+    best: tuple[tuple[int, int], Path, dict[str, Any]] | None = None
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            checkpoint = load_checkpoint_file(path)
+        except CheckpointError as error:
+            _logger.warning('ignoring unreadable checkpoint: %s', error)
+            continue
+        if not isinstance(checkpoint, Mapping) or 'state_dict' not in checkpoint:
+            _logger.warning('ignoring %s: not a training checkpoint', path)
+            continue
+        progress = checkpoint_progress(checkpoint)
+        if best is None or progress > best[0]:
+            best = (progress, path, dict(checkpoint))
+    return None if best is None else (best[1], best[2])
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    num_updates: int = 0
+    best_metric: float | None = None
+    best_epoch: int | None = None
+
+
+def restore_training_state(
+        checkpoint: Mapping[str, Any],
+        source: str,
+        model: torch.nn.Module,
+        *,
+        model_name: str,
+        class_names: list[str] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        model_ema: torch.nn.Module | None = None,
+        restore_optimizer: bool = True,
+) -> ResumePoint:
+    """Load a training checkpoint into the live objects; raise :class:`CheckpointError` naming any mismatch."""
+    if not isinstance(checkpoint, Mapping) or 'state_dict' not in checkpoint:
+        raise CheckpointError(f'{source} is not a training checkpoint (no state_dict); use --initial-checkpoint '
+                              f'to start from plain weights')
+    metadata = checkpoint.get('metadata') or {}
+    saved_model = metadata.get('model')
+    if saved_model and saved_model != model_name:
+        raise CheckpointError(f'{source} was trained as model {saved_model!r} but --model is {model_name!r}')
+    saved_classes = metadata.get('class_names')
+    if class_names is not None and saved_classes and list(saved_classes) != list(class_names):
+        raise CheckpointError(
+            f'{source} was trained on {len(saved_classes)} classes that differ from the {len(class_names)} class '
+            f'folders of this dataset; resume on the same dataset')
+    state_dict = clean_state_dict(checkpoint['state_dict'])
+    check_state_dict_fits(model, state_dict, source=source)
+    model.load_state_dict(state_dict)
+    if model_ema is not None:
+        if 'state_dict_ema' in checkpoint:
+            ema_state = clean_state_dict(checkpoint['state_dict_ema'])
+            check_state_dict_fits(model_ema.module, ema_state, source=f'{source} (EMA)')
+            model_ema.module.load_state_dict(ema_state)
+        else:
+            _logger.warning('%s has no EMA weights; the EMA restarts from the resumed weights', source)
+            model_ema.module.load_state_dict(state_dict)
+    if not restore_optimizer:
+        return ResumePoint()
+    if optimizer is not None and 'optimizer' in checkpoint:
+        try:
+            optimizer.load_state_dict(checkpoint['optimizer'])
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f'optimizer state in {source} does not fit --opt {type(optimizer).__name__}: '
+                                  f'{error}; pass --no-resume-opt to start a fresh optimizer') from None
+    if scheduler is not None and checkpoint.get('scheduler'):
+        scheduler.load_state_dict(checkpoint['scheduler'])
+    if scaler is not None and checkpoint.get('scaler'):
+        scaler.load_state_dict(checkpoint['scaler'])
+    if checkpoint.get('rng'):
+        restore_rng_state(checkpoint['rng'])
+    epoch, batch_in_epoch = checkpoint_progress(checkpoint)
+    return ResumePoint(
+        epoch=epoch,
+        batch_in_epoch=batch_in_epoch,
+        num_updates=int(checkpoint.get('step', 0)),
+        best_metric=checkpoint.get('best_metric'),
+        best_epoch=checkpoint.get('best_epoch'),
+    )

@@ -1,0 +1,209 @@
+"""One training epoch: forward, loss, (accumulated) backward, optimizer step, EMA, schedule, progress.
+
+The loop is device-agnostic (it talks to a :class:`Runtime`) and deterministic: before every micro-batch the
+global RNGs (mixup, drop path) are seeded from ``(seed, epoch, batch, rank)``, so the run's randomness does not
+depend on what happened before a resume. A non-finite loss is detected without a per-step device sync and stops the
+run before anything is saved.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from timm.utils import dispatch_clip_grad
+
+from .runtime import Runtime
+
+__all__ = ['NonFiniteLossError', 'EpochResult', 'seed_step', 'unwrap_model', 'train_one_epoch', 'format_duration']
+
+_logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; no checkpoint was written after it happened."""
+
+
+@dataclass
+class EpochResult:
+    loss: float               # mean training loss over the epoch's samples on all processes
+    num_samples: int          # samples seen this epoch (all processes, after a resume: only the new ones)
+    num_updates: int          # optimizer updates since the start of training, after this epoch
+    seconds: float
+    images_per_second: float
+    failed_images: int        # unreadable files replaced by other samples (all processes)
+    lr: float                 # learning rate of the first parameter group at the end of the epoch
+
+
+def seed_step(seed: int, epoch: int, batch_index: int, rank: int) -> None:
+    """Seed python/numpy/torch for one micro-batch: a pure function of where the run is."""
+    state = np.random.SeedSequence([seed, epoch, batch_index, rank, 7]).generate_state(2, dtype=np.uint32)
+    value = (int(state[0]) << 32 | int(state[1])) >> 1
+    random.seed(value)
+    np.random.seed(int(state[0]))
+    torch.manual_seed(value)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model under DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if hasattr(model, 'module') and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, '_orig_mod'):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f'{hours}:{rest // 60:02d}:{rest % 60:02d}'
+
+
+def train_one_epoch(
+        model: torch.nn.Module,
+        loader: Any,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        runtime: Runtime,
+        *,
+        epoch: int,
+        num_batches: int,
+        start_batch: int = 0,
+        num_updates: int = 0,
+        accum_steps: int = 1,
+        seed: int = 0,
+        scheduler: Any = None,
+        mixup: Callable | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        model_ema: Any = None,
+        clip_grad: float | None = None,
+        clip_mode: str = 'norm',
+        amp_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+        log_interval: int = 50,
+        recovery_interval: int = 0,
+        save_recovery: Callable[[int, int], None] | None = None,
+) -> EpochResult:
+    """Train over ``loader`` (the epoch's batches from ``start_batch`` on) and return its statistics.
+
+    ``num_batches`` is the full epoch's length: accumulation groups are ``accum_steps`` consecutive micro-batches
+    counted from the epoch's start, the last group holding the remainder, and each micro-batch's loss is divided
+    by its group's real size so every update is the mean gradient over the samples of its group.
+    ``save_recovery(batch_in_epoch, num_updates)`` is called every ``recovery_interval`` updates.
+    """
+    model.train()
+    device = runtime.device
+    is_ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    updates_per_epoch = math.ceil(num_batches / accum_steps)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    non_finite = torch.zeros((), dtype=torch.float64, device=device)
+    samples_seen = 0
+    failed_images = 0
+    data_seconds = 0.0
+    interval_samples = 0
+    start_time = interval_time = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+
+    def check_finite() -> None:
+        flag = runtime.all_reduce_sum(non_finite.clone())
+        if flag.item() > 0:
+            raise NonFiniteLossError(
+                f'training loss became NaN or infinite in epoch {epoch} (before batch {batch_index + 1}); stopped '
+                f'without saving. Lower --lr, add --clip-grad, or use --amp-dtype bfloat16; then --resume auto '
+                f'continues from the last good checkpoint')
+
+    batch_index = start_batch - 1
+    wait_start = time.perf_counter()
+    for batch_index, batch in enumerate(loader, start=start_batch):
+        data_seconds += time.perf_counter() - wait_start
+        images = batch.images.to(device, non_blocking=True)
+        targets = batch.targets.to(device, non_blocking=True)
+        failed_images += batch.num_failed
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        seed_step(seed, epoch, batch_index, runtime.rank)
+        if mixup is not None:
+            images, targets = mixup(images, targets)
+
+        group_start = (batch_index // accum_steps) * accum_steps
+        group_size = min(accum_steps, num_batches - group_start)
+        is_update = batch_index == group_start + group_size - 1
+        sync_context = model.no_sync() if (is_ddp and not is_update) else contextlib.nullcontext()
+        with sync_context:
+            with runtime.autocast(amp_dtype):
+                output = model(images)
+                loss = loss_fn(output, targets)
+            scaled = loss / group_size
+            if scaler is not None:
+                scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        detached = loss.detach().float()
+        non_finite += (~torch.isfinite(detached)).double()
+        loss_sum += detached.double() * images.shape[0]
+        samples_seen += images.shape[0]
+        interval_samples += images.shape[0]
+
+        if is_update:
+            if scaler is not None:
+                if clip_grad is not None:
+                    scaler.unscale_(optimizer)
+                    dispatch_clip_grad(parameters, clip_grad, mode=clip_mode)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                if clip_grad is not None:
+                    dispatch_clip_grad(parameters, clip_grad, mode=clip_mode)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            num_updates += 1
+            if model_ema is not None:
+                model_ema.update(unwrap_model(model), step=num_updates)
+            if scheduler is not None:
+                scheduler.step_update(num_updates=num_updates)
+
+            update_in_epoch = batch_index // accum_steps + 1
+            if update_in_epoch % log_interval == 0 or update_in_epoch == updates_per_epoch:
+                check_finite()
+                runtime.synchronize()
+                now = time.perf_counter()
+                rate = interval_samples * runtime.world_size / max(now - interval_time, 1e-9)
+                remaining = (num_batches - batch_index - 1) * (now - start_time) / max(batch_index + 1 - start_batch, 1)
+                _logger.info(
+                    'Train: %d [%d/%d (%.0f%%)] loss %.4f (%.4f) lr %.3e %.1f img/s data %.3fs ETA %s',
+                    epoch, batch_index + 1, num_batches, 100.0 * (batch_index + 1) / num_batches, detached.item(),
+                    loss_sum.item() / max(samples_seen, 1), optimizer.param_groups[0]['lr'], rate,
+                    data_seconds / max(batch_index + 1 - start_batch, 1), format_duration(remaining))
+                interval_samples, interval_time = 0, now
+            if save_recovery is not None and recovery_interval and num_updates % recovery_interval == 0 \
+                    and batch_index + 1 < num_batches:
+                check_finite()
+                save_recovery(batch_index + 1, num_updates)
+        wait_start = time.perf_counter()
+
+    check_finite()
+    runtime.synchronize()
+    seconds = time.perf_counter() - start_time
+    totals = runtime.all_reduce_sum(torch.tensor([loss_sum.item(), samples_seen, failed_images], dtype=torch.float64,
+                                                 device=device))
+    total_loss, total_samples, total_failed = totals.tolist()
+    if total_failed:
+        _logger.warning('epoch %d: %d unreadable image file(s) were replaced by other samples', epoch, total_failed)
+    return EpochResult(
+        loss=total_loss / max(total_samples, 1),
+        num_samples=int(total_samples),
+        num_updates=num_updates,
+        seconds=seconds,
+        images_per_second=total_samples / max(seconds, 1e-9),
+        failed_images=int(total_failed),
+        lr=float(optimizer.param_groups[0]['lr']),
+    )

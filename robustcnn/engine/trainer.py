@@ -1,0 +1,412 @@
+"""The training run: wire data, model, recipe, loop, validation and checkpoints together (``train.py`` calls this).
+
+Order of work is chosen so that user mistakes fail fast: arguments, then the data folders, then the model, then
+the resume checkpoint, all before the first batch.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import timm
+from timm.data import Mixup, resolve_data_config
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+
+from .. import __version__
+from ..checkpoint import CheckpointError, atomic_write_text, load_checkpoint_file, load_model_weights
+from ..cli import UsageError, setup_logging
+from ..config import args_to_yaml, effective_learning_rate, total_batch_size
+from ..data.train_data import (
+    build_eval_loader, build_train_loader, build_train_transform, check_split_folder, resolve_class_names,
+)
+from .checkpointing import CheckpointSaver, ResumePoint, capture_rng_state, find_resume_checkpoint, \
+    restore_training_state
+from .runtime import AMP_DTYPES, Runtime, init_runtime
+from .train_loop import EpochResult, NonFiniteLossError, train_one_epoch, unwrap_model
+
+__all__ = ['run_training', 'TrainingOutcome', 'SUMMARY_COLUMNS', 'run_folder', 'build_recipe']
+
+_logger = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'epoch_seconds',
+                   'images_per_second']
+EMA_COLUMNS = ['ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5']
+
+
+@dataclass
+class TrainingOutcome:
+    run_dir: Path
+    epochs_run: int = 0
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    """The objects the YAML describes: built in one place so tests can check them against the config."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    num_epochs: int
+    loss_fn: torch.nn.Module
+    mixup: Mixup | None
+    learning_rate: float
+    total_batch_size: int
+
+
+def run_folder(args: argparse.Namespace) -> Path:
+    name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), args.model.replace('/', '_')])
+    return Path(args.output) / name
+
+
+def build_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
+    if not timm.is_model(args.model):
+        close = timm.list_models(f'*{args.model.split("_")[0]}*')[:5]
+        raise UsageError(f'unknown --model {args.model!r}' + (f'; similar: {", ".join(close)}' if close else ''))
+    kwargs = dict(args.model_kwargs or {})
+    if args.drop_path is not None:
+        kwargs['drop_path_rate'] = args.drop_path
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes,
+                                  drop_rate=args.drop, **kwargs)
+    except TypeError as error:
+        raise UsageError(f'--model {args.model} does not accept these arguments ({error}); check --model-kwargs') \
+            from None
+    if args.initial_checkpoint:
+        load_model_weights(model, args.initial_checkpoint)
+    return model
+
+
+def build_recipe(args: argparse.Namespace, model: torch.nn.Module, num_classes: int, world_size: int,
+                 updates_per_epoch: int) -> Recipe:
+    """Optimizer (no weight decay on biases and 1-D parameters), schedule, loss and mixup from the flags."""
+    learning_rate = effective_learning_rate(args, world_size)
+    optimizer_kwargs: dict[str, Any] = {}
+    if args.opt_eps is not None:
+        optimizer_kwargs['eps'] = args.opt_eps
+    if args.opt_betas is not None:
+        optimizer_kwargs['betas'] = tuple(args.opt_betas)
+    try:
+        optimizer = create_optimizer_v2(model, opt=args.opt, lr=learning_rate, weight_decay=args.weight_decay,
+                                        momentum=args.momentum, filter_bias_and_bn=True, **optimizer_kwargs)
+    except (AssertionError, ValueError, TypeError) as error:
+        raise UsageError(f'cannot create optimizer --opt {args.opt}: {error}') from None
+    try:
+        scheduler, num_epochs = create_scheduler_v2(
+            optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
+            decay_milestones=args.decay_milestones, cooldown_epochs=args.cooldown_epochs,
+            patience_epochs=args.patience_epochs, decay_rate=args.decay_rate, min_lr=args.min_lr,
+            warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs, warmup_prefix=args.warmup_prefix,
+            noise=args.lr_noise, noise_pct=args.lr_noise_pct, noise_std=args.lr_noise_std, noise_seed=args.seed,
+            cycle_mul=args.lr_cycle_mul, cycle_decay=args.lr_cycle_decay, cycle_limit=args.lr_cycle_limit,
+            k_decay=args.lr_k_decay, plateau_mode='min' if args.eval_metric == 'loss' else 'max',
+            step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch,
+        )
+    except (AssertionError, ValueError) as error:
+        raise UsageError(f'cannot create schedule --sched {args.sched}: {error}') from None
+    mixup_active = not args.no_aug and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None)
+    mixup = None
+    if mixup_active:
+        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                      prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                      label_smoothing=args.smoothing, num_classes=num_classes)
+        loss_fn: torch.nn.Module = SoftTargetCrossEntropy()  # smoothing is already in the mixed targets
+    elif args.smoothing > 0:
+        loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        loss_fn = torch.nn.CrossEntropyLoss()
+    return Recipe(optimizer=optimizer, scheduler=scheduler, num_epochs=num_epochs, loss_fn=loss_fn, mixup=mixup,
+                  learning_rate=learning_rate, total_batch_size=total_batch_size(args, world_size))
+
+
+def _plain(value: Any) -> Any:
+    """Keep only what ``torch.load(weights_only=True)`` accepts (drops e.g. a plateau scheduler's inner object)."""
+    if isinstance(value, (str, int, float, bool)) or value is None or isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        return {key: plain for key, item in value.items() if (plain := _plain(item)) is not _DROP}
+    return _DROP
+
+
+_DROP = object()
+
+
+def _read_summary_rows(path: Path, before_epoch: int) -> list[dict[str, str]]:
+    """Rows of an existing summary.csv for epochs already done (a resumed run rewrites the ones it redoes)."""
+    if not path.is_file():
+        return []
+    with path.open(newline='') as file:
+        return [row for row in csv.DictReader(file) if row.get('epoch', '').isdigit() and int(row['epoch']) <
+                before_epoch]
+
+
+def _write_summary(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction='ignore', lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(buffer.getvalue(), path)
+
+
+class _Trainer:
+    """State of one run; methods are the phases of ``run_training``."""
+
+    def __init__(self, args: argparse.Namespace, runtime: Runtime) -> None:
+        self.args = args
+        self.runtime = runtime
+
+    def prepare(self) -> None:
+        args, runtime = self.args, self.runtime
+        # 1. data folders: a bad path is a one-line error before anything expensive
+        self.train_folder = check_split_folder(args.data_dir, args.train_split, '--train-split')
+        self.val_folder = check_split_folder(args.data_dir, args.val_split, '--val-split')
+        self.class_names = resolve_class_names(self.train_folder)
+        self.class_to_index = {name: index for index, name in enumerate(self.class_names)}
+        num_classes = args.num_classes or len(self.class_names)
+        if num_classes < len(self.class_names):
+            raise UsageError(f'--num-classes {num_classes} is smaller than the {len(self.class_names)} class '
+                             f'folders in {self.train_folder}')
+        self.num_classes = num_classes
+
+        # 2. run folder and log file (main process only writes)
+        self.run_dir = run_folder(args)
+        if runtime.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        setup_logging(runtime.is_main, self.run_dir / 'train.log' if runtime.is_main else None)
+        _logger.info('run folder %s; %s', self.run_dir,
+                     f'{runtime.world_size} processes on {runtime.kind}' if runtime.distributed
+                     else f'one process on {runtime.kind}')
+
+        # 3. model (same initial weights on every process: seeded identically)
+        torch.manual_seed(args.seed)
+        model = build_model(args, num_classes)
+        self.data_config = resolve_data_config(
+            {'img_size': args.img_size, 'input_size': args.input_size, 'crop_pct': args.crop_pct,
+             'mean': args.mean, 'std': args.std, 'interpolation': args.interpolation}, model=model)
+        if args.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        model.to(runtime.device)
+        if args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if args.sync_bn and runtime.distributed:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+        _logger.info('model %s: %.2f M parameters, %d classes, input %s', args.model,
+                     sum(p.numel() for p in model.parameters()) / 1e6, num_classes, self.data_config['input_size'])
+
+        # 4. data
+        from ..data.transforms import build_eval_transform, resolve_eval_preprocessing
+        self.train_loader = build_train_loader(
+            args, self.train_folder, self.class_to_index, build_train_transform(args, self.data_config),
+            num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=args.pin_mem)
+        self.eval_preprocessing = resolve_eval_preprocessing(
+            model, 'resize_center_crop', img_size=args.img_size, input_size=args.input_size, crop_pct=args.crop_pct,
+            interpolation=args.interpolation, mean=args.mean, std=args.std)
+        self.eval_loader = build_eval_loader(
+            self.val_folder, self.class_to_index, build_eval_transform(self.eval_preprocessing),
+            batch_size=args.validation_batch_size or args.batch_size, workers=args.workers,
+            num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=args.pin_mem)
+        self.num_batches = self.train_loader.sampler.full_length() // args.batch_size
+        self.updates_per_epoch = math.ceil(self.num_batches / args.grad_accum_steps)
+
+        # 5. recipe
+        self.recipe = build_recipe(args, model, num_classes, runtime.world_size, self.updates_per_epoch)
+        self.amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
+        self.scaler = torch.amp.GradScaler(runtime.kind) if self.amp_dtype == torch.float16 else None
+        _logger.info('recipe: %s lr %.3e (total batch %d = %d x %d processes x %d accumulation steps), '
+                     '%s schedule over %d epochs, %d batches and %d updates per epoch',
+                     args.opt, self.recipe.learning_rate, self.recipe.total_batch_size, args.batch_size,
+                     runtime.world_size, args.grad_accum_steps, args.sched, self.recipe.num_epochs,
+                     self.num_batches, self.updates_per_epoch)
+
+        # 6. resume
+        self.resume = ResumePoint()
+        checkpoint, source = None, ''
+        if args.resume == 'auto':
+            found = find_resume_checkpoint(self.run_dir)
+            if found is None:
+                _logger.info('--resume auto: no checkpoint in %s yet, starting a fresh run', self.run_dir)
+            else:
+                source, checkpoint = str(found[0]), found[1]
+        elif args.resume:
+            source, checkpoint = args.resume, load_checkpoint_file(args.resume)
+        if checkpoint is not None:
+            self.resume = restore_training_state(
+                checkpoint, source, model, model_name=args.model, class_names=self.class_names,
+                optimizer=self.recipe.optimizer, scheduler=self.recipe.scheduler, scaler=self.scaler,
+                model_ema=self.model_ema, restore_optimizer=not args.no_resume_opt)
+            _logger.info('resumed from %s: epoch %d, batch %d, %d updates done', source, self.resume.epoch,
+                         self.resume.batch_in_epoch, self.resume.num_updates)
+            del checkpoint
+        # the schedule is a pure function of (epoch, updates): put the lr where the run continues
+        self.recipe.scheduler.step(self.resume.epoch)
+        self.recipe.scheduler.step_update(self.resume.num_updates)
+
+        # 7. wrappers: compile, then DDP
+        self.plain_model = model
+        if args.torchcompile:
+            model = torch.compile(model, backend=args.torchcompile)
+        if runtime.distributed:
+            device_ids = [runtime.local_rank] if runtime.kind == 'cuda' else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        self.model = model
+
+        self.saver = CheckpointSaver(self.run_dir, metric_name=args.eval_metric,
+                                     checkpoint_interval=args.checkpoint_interval, max_history=args.checkpoint_hist)
+        self.saver.best_metric, self.saver.best_epoch = self.resume.best_metric, self.resume.best_epoch
+        self.summary_columns = SUMMARY_COLUMNS + (EMA_COLUMNS if self.model_ema is not None else [])
+        self.summary_rows: list[dict[str, Any]] = []
+        if runtime.is_main:
+            atomic_write_text(args_to_yaml(args), self.run_dir / 'args.yaml')
+            self.summary_rows = _read_summary_rows(self.run_dir / 'summary.csv', self.resume.epoch)
+
+    def metadata(self) -> dict[str, Any]:
+        """What validate.py needs to use the weights without the training command: labels and preprocessing."""
+        config = self.data_config
+        return {
+            'version': __version__,
+            'model': self.args.model,
+            'model_kwargs': dict(self.args.model_kwargs or {}),
+            'class_names': list(self.class_names),
+            'num_classes': self.num_classes,
+            'img_size': int(config['input_size'][-1]),
+            'input_size': [int(value) for value in config['input_size']],
+            'interpolation': self.eval_preprocessing.interpolation,
+            'crop_pct': float(self.eval_preprocessing.crop_pct),
+            'mean': [float(value) for value in self.eval_preprocessing.mean],
+            'std': [float(value) for value in self.eval_preprocessing.std],
+            'total_batch_size': self.recipe.total_batch_size,
+            'learning_rate': self.recipe.learning_rate,
+            'world_size': self.runtime.world_size,
+        }
+
+    def checkpoint(self, epoch: int, num_updates: int, epoch_complete: bool, batch_in_epoch: int,
+                   metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        checkpoint: dict[str, Any] = {
+            'arch': self.args.model,
+            'state_dict': self.plain_model.state_dict(),
+            'optimizer': self.recipe.optimizer.state_dict(),
+            'scheduler': _plain(self.recipe.scheduler.state_dict()),
+            'epoch': epoch,
+            'epoch_complete': epoch_complete,
+            'batch_in_epoch': batch_in_epoch,
+            'step': num_updates,
+            'rng': capture_rng_state(),
+            'args': _plain(dict(vars(self.args))),
+            'metadata': self.metadata(),
+        }
+        if self.model_ema is not None:
+            checkpoint['state_dict_ema'] = self.model_ema.module.state_dict()
+        if self.scaler is not None:
+            checkpoint['scaler'] = self.scaler.state_dict()
+        if metrics:
+            checkpoint['metrics'] = dict(metrics)
+        return checkpoint
+
+    def validate(self, model: torch.nn.Module, description: str) -> Any:
+        from .evaluate import evaluate
+        return evaluate(model, self.eval_loader, self.runtime, amp_dtype=self.amp_dtype,
+                        channels_last=self.args.channels_last,
+                        normalization=(self.eval_preprocessing.mean, self.eval_preprocessing.std),
+                        description=description)
+
+    def run(self) -> TrainingOutcome:
+        args, runtime, recipe = self.args, self.runtime, self.recipe
+        outcome = TrainingOutcome(run_dir=self.run_dir)
+        sampler = self.train_loader.sampler
+        num_updates = self.resume.num_updates
+        start_batch = self.resume.batch_in_epoch
+        for epoch in range(self.resume.epoch, recipe.num_epochs):
+            sampler.set_epoch(epoch)
+            if start_batch:
+                sampler.set_start(start_batch, args.batch_size)
+            if recipe.mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+                recipe.mixup.mixup_enabled = False
+
+            def save_recovery(batch_in_epoch: int, updates: int, epoch: int = epoch) -> None:
+                if runtime.is_main:
+                    path = self.saver.save_recovery(
+                        self.checkpoint(epoch, updates, False, batch_in_epoch), epoch, batch_in_epoch)
+                    _logger.info('saved recovery checkpoint %s', path.name)
+
+            result: EpochResult = train_one_epoch(
+                self.model, self.train_loader, recipe.optimizer, recipe.loss_fn, runtime,
+                epoch=epoch, num_batches=self.num_batches, start_batch=start_batch, num_updates=num_updates,
+                accum_steps=args.grad_accum_steps, seed=args.seed, scheduler=recipe.scheduler, mixup=recipe.mixup,
+                scaler=self.scaler, model_ema=self.model_ema, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                amp_dtype=self.amp_dtype, channels_last=args.channels_last, log_interval=args.log_interval,
+                recovery_interval=args.recovery_interval, save_recovery=save_recovery)
+            num_updates, start_batch = result.num_updates, 0
+
+            evaluation = self.validate(self.model, f'eval epoch {epoch}')
+            row: dict[str, Any] = {
+                'epoch': epoch, 'train_loss': f'{result.loss:.6f}', 'eval_loss': f'{evaluation.loss:.6f}',
+                'eval_top1': f'{evaluation.top1:.4f}', 'eval_top5': f'{evaluation.top5:.4f}',
+                'lr': f'{result.lr:.6e}', 'epoch_seconds': f'{result.seconds:.2f}',
+                'images_per_second': f'{result.images_per_second:.1f}',
+            }
+            metrics = {'top1': evaluation.top1, 'top5': evaluation.top5, 'loss': evaluation.loss}
+            message = (f'epoch {epoch}: train loss {result.loss:.4f}, eval loss {evaluation.loss:.4f}, '
+                       f'top1 {evaluation.top1:.2f}, top5 {evaluation.top5:.2f} ({evaluation.num_samples} images), '
+                       f'{result.seconds:.1f}s, {result.images_per_second:.1f} img/s')
+            if self.model_ema is not None:
+                ema_evaluation = self.validate(self.model_ema.module, f'eval EMA epoch {epoch}')
+                row.update({'ema_eval_loss': f'{ema_evaluation.loss:.6f}',
+                            'ema_eval_top1': f'{ema_evaluation.top1:.4f}',
+                            'ema_eval_top5': f'{ema_evaluation.top5:.4f}'})
+                metrics.update({'ema_top1': ema_evaluation.top1, 'ema_top5': ema_evaluation.top5,
+                                'ema_loss': ema_evaluation.loss})
+                message += f'; EMA top1 {ema_evaluation.top1:.2f}'
+            _logger.info(message)
+            # per-epoch schedules move to the next epoch (plateau looks at the metric)
+            recipe.scheduler.step(epoch + 1, metrics[args.eval_metric])
+
+            if runtime.is_main:
+                self.summary_rows.append(row)
+                _write_summary(self.run_dir / 'summary.csv', self.summary_rows, self.summary_columns)
+                checkpoint = self.checkpoint(epoch, num_updates, True, self.num_batches, metrics)
+                if self.saver.save_epoch(checkpoint, epoch, metrics[args.eval_metric]):
+                    _logger.info('new best %s %.4f at epoch %d', args.eval_metric, metrics[args.eval_metric], epoch)
+            runtime.barrier()
+            outcome.epochs_run += 1
+            outcome.last_eval = metrics
+        outcome.best_metric, outcome.best_epoch = self.saver.best_metric, self.saver.best_epoch
+        if outcome.best_metric is not None:
+            _logger.info('best %s %.4f at epoch %s', args.eval_metric, outcome.best_metric, outcome.best_epoch)
+        return outcome
+
+
+def run_training(args: argparse.Namespace, runtime: Runtime | None = None) -> TrainingOutcome:
+    """Train as ``args`` says. Raises UsageError/CheckpointError for user mistakes, NonFiniteLossError on NaN."""
+    setup_logging(runtime.is_main if runtime is not None else True)
+    own_runtime = runtime is None
+    if runtime is None:
+        try:
+            runtime = init_runtime(args.device)
+        except (RuntimeError, ValueError) as error:
+            raise UsageError(str(error)) from None
+    try:
+        trainer = _Trainer(args, runtime)
+        trainer.prepare()
+        return trainer.run()
+    finally:
+        if own_runtime:
+            runtime.close()
+
+
+__all__ += ['NonFiniteLossError', 'CheckpointError']
