@@ -30,7 +30,7 @@ setup(
     description='Robust-ResNet models (ICLR 2023) for timm, with training and OOD-robustness evaluation',
     long_description=(HERE / 'README.md').read_text(encoding='utf-8') if (HERE / 'README.md').exists() else '',
     long_description_content_type='text/markdown',
-    license='Apache-2.0',
+    license='MIT',
     python_requires='>=3.10',
     packages=find_packages(include=['robustcnn', 'robustcnn.*']),
     include_package_data=True,
