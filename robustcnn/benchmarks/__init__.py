@@ -1,0 +1,30 @@
+"""Evaluation sets, one module each; ``BENCHMARKS`` maps the ``--dataset`` names to them, in suite order."""
+from __future__ import annotations
+
+from .base import Benchmark, ClassFolderBenchmark, DatasetLayoutError, PreparedData
+from .folder import ClassFolder
+from .imagenet import ImageNet
+from .imagenet_a import ImageNetA
+from .imagenet_c import ImageNetC
+from .imagenet_r import ImageNetR
+from .imagenet_sketch import ImageNetSketch
+from .imagenet_v2 import ImageNetV2
+from .stylized_imagenet import StylizedImageNet
+
+__all__ = ['BENCHMARKS', 'SUITE_ORDER', 'get_benchmark', 'Benchmark', 'ClassFolderBenchmark', 'DatasetLayoutError',
+           'PreparedData']
+
+BENCHMARKS: dict[str, Benchmark] = {benchmark.name: benchmark for benchmark in (
+    ImageNet(), StylizedImageNet(), ImageNetC(), ImageNetR(), ImageNetSketch(), ImageNetA(), ImageNetV2(),
+    ClassFolder(),
+)}
+# Clean ImageNet first: its error feeds ImageNet-C's relative mCE in the same run.
+SUITE_ORDER: tuple[str, ...] = ('imagenet', 'stylized-imagenet', 'imagenet-c', 'imagenet-r', 'imagenet-sketch',
+                                'imagenet-a', 'imagenet-v2')
+
+
+def get_benchmark(name: str) -> Benchmark:
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise ValueError(f'unknown dataset {name!r}; expected one of {", ".join(BENCHMARKS)}') from None

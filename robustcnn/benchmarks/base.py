@@ -1,0 +1,117 @@
+"""What every evaluation set has in common: where its images sit, how folder names become labels, how it is
+preprocessed by default, and which classifier outputs it scores.
+
+Each set is one module defining a :class:`Benchmark`; ``robustcnn.benchmarks.BENCHMARKS`` lists them by the names
+``validate.py --dataset`` accepts.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from ..data.folder import list_class_folders, scan_class_folders
+from ..data.label_space import LabelSpace
+
+__all__ = ['PreparedData', 'Benchmark', 'ClassFolderBenchmark', 'DatasetLayoutError', 'normalized_name']
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The dataset folder is missing or does not look like the dataset asked for (a user error, one line)."""
+
+
+def normalized_name(name: str) -> str:
+    """Folder-name matching that ignores case, dashes, underscores and spaces (ImageNet-R == imagenet_r)."""
+    return ''.join(character for character in name.lower() if character.isalnum())
+
+
+@dataclass
+class PreparedData:
+    """The samples to evaluate and how to score them; built before the model loads (cheap, catches bad input)."""
+
+    benchmark: str
+    root: Path
+    samples: list[tuple[str, int]]
+    label_subset: list[int] | None = None
+    # ImageNet-C: group id per sample, group names (``corruption/severity``), number of files per group.
+    sample_groups: list[int] | None = None
+    group_names: list[str] = field(default_factory=list)
+    group_sizes: list[int] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
+
+
+class Benchmark:
+    """Base class: subclasses set the attributes and override :meth:`prepare` where the layout differs."""
+
+    name: str = ''
+    title: str = ''
+    description: str = ''
+    default_resize_mode: str = 'resize_center_crop'
+    # Folder names looked for under a suite root, in order (matched with :func:`normalized_name`).
+    suite_folder_names: tuple[str, ...] = ()
+    higher_is_better: bool = True
+
+    def check_exists(self, data_dir: str | os.PathLike) -> Path:
+        """Fail with one line if the folder is missing; cheap, done before anything expensive."""
+        path = Path(data_dir)
+        if not path.exists():
+            raise DatasetLayoutError(f'{self.title} folder not found: {path} (check DATA_DIR)')
+        if not path.is_dir():
+            raise DatasetLayoutError(f'{self.title} path is not a folder: {path}')
+        return path
+
+    def default_label_space(self, data_dir: str | os.PathLike) -> LabelSpace | None:
+        """The label space when neither --class-map nor the checkpoint gives one (None: ImageNet-1k)."""
+        return None
+
+    def prepare(self, data_dir: str | os.PathLike, label_space: LabelSpace, **options) -> PreparedData:
+        raise NotImplementedError
+
+
+class ClassFolderBenchmark(Benchmark):
+    """``root/<class folder>/<images>`` where the folder names are the model's class names (ImageNet wnids)."""
+
+    # Sub-folders that hold the class folders when present (e.g. ImageNet's val/, ImageNet-Sketch's sketch/).
+    image_subfolders: tuple[str, ...] = ()
+    # The 200-class subsets of ImageNet-R/-A: classes scored, in target order; None scores every output.
+    subset_class_names: tuple[str, ...] | None = None
+
+    def image_root(self, data_dir: str | os.PathLike) -> Path:
+        root = self.check_exists(data_dir)
+        for subfolder in self.image_subfolders:
+            if (root / subfolder).is_dir():
+                return root / subfolder
+        return root
+
+    def folder_to_class(self, folder_names: Sequence[str], label_space: LabelSpace) -> Mapping[str, str]:
+        """Class name for each folder name (identity for wnid folders)."""
+        return {name: name for name in folder_names}
+
+    def prepare(self, data_dir: str | os.PathLike, label_space: LabelSpace, **options) -> PreparedData:
+        root = self.image_root(data_dir)
+        folders = list_class_folders(root)
+        if not folders:
+            raise DatasetLayoutError(f'no class folders under {root}; expected {self.title} as <class>/<images>')
+        folder_classes = self.folder_to_class(folders, label_space)
+        label_subset = None
+        if self.subset_class_names is not None:
+            label_subset = label_space.indices_of(self.subset_class_names, f'{self.title} (200-class subset)')
+            positions = {name: position for position, name in enumerate(self.subset_class_names)}
+            unknown = [folder for folder in folders if folder_classes[folder] not in positions]
+            if unknown:
+                raise DatasetLayoutError(
+                    f'folder(s) {", ".join(unknown[:5])} under {root} are not {self.title} classes; '
+                    f'is this the right dataset for --dataset {self.name}?'
+                )
+            class_to_index = {folder: positions[folder_classes[folder]] for folder in folders}
+        else:
+            class_to_index = {folder: label_space.class_to_index[folder_classes[folder]]
+                              for folder in folders if folder_classes[folder] in label_space.class_to_index}
+        try:
+            samples = scan_class_folders(root, class_to_index, folders)
+        except ValueError as error:
+            raise DatasetLayoutError(str(error)) from None
+        if not samples:
+            raise DatasetLayoutError(f'no image files under {root}/<class folders>')
+        return PreparedData(benchmark=self.name, root=root, samples=samples, label_subset=label_subset)

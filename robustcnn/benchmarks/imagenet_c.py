@@ -1,0 +1,194 @@
+"""ImageNet-C (Hendrycks & Dietterich, ICLR 2019): the 50,000 validation images under 15 corruptions x 5 severities.
+
+Layout: ``<root>/<corruption>/<severity 1..5>/<wnid>/<image>.JPEG`` (224x224 already), or with the download's
+category level ``<root>/<noise|blur|weather|digital|extra>/<corruption>/...``. All 75 folders stream through one
+data pipeline; each sample carries its (corruption, severity) group.
+
+Metrics (errors are top-1 errors in percent):
+- ``mean_corruption_error``: plain mean of the 75 errors (what the Robust-ResNet paper reports as "IN-C").
+- ``mce``: mean Corruption Error; per corruption, sum over severities of our error / AlexNet's, averaged, x100.
+- ``relative_mce``: per corruption, sum_s (E_s - E_clean) / sum_s (AlexNet_s - AlexNet_clean), averaged, x100.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..data.folder import list_class_folders, scan_class_folders
+from ..data.label_space import LabelSpace
+from .base import Benchmark, DatasetLayoutError, PreparedData
+
+__all__ = [
+    'CORRUPTION_CATEGORIES', 'CORRUPTIONS', 'EXTRA_CORRUPTIONS', 'SEVERITIES', 'ALEXNET_ERRORS',
+    'ALEXNET_CLEAN_ERROR', 'ImageNetC', 'group_name', 'aggregate_corruption_errors',
+]
+
+CORRUPTION_CATEGORIES: dict[str, tuple[str, ...]] = {
+    'noise': ('gaussian_noise', 'shot_noise', 'impulse_noise'),
+    'blur': ('defocus_blur', 'glass_blur', 'motion_blur', 'zoom_blur'),
+    'weather': ('snow', 'frost', 'fog', 'brightness'),
+    'digital': ('contrast', 'elastic_transform', 'pixelate', 'jpeg_compression'),
+}
+# The 15 corruptions every ImageNet-C number in the literature averages over.
+CORRUPTIONS: tuple[str, ...] = tuple(name for names in CORRUPTION_CATEGORIES.values() for name in names)
+# Held-out corruptions shipped as "extra"; evaluated only on request and never part of the aggregates.
+EXTRA_CORRUPTIONS: tuple[str, ...] = ('speckle_noise', 'gaussian_blur', 'spatter', 'saturate')
+SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+# AlexNet's top-1 error (fraction) per corruption and severity 1..5 (Hendrycks & Dietterich 2019), the mCE baseline.
+ALEXNET_ERRORS: dict[str, tuple[float, float, float, float, float]] = {
+    'gaussian_noise': (0.69528, 0.82542, 0.93554, 0.98138, 0.99452),
+    'shot_noise': (0.71224, 0.85108, 0.93574, 0.98182, 0.99146),
+    'impulse_noise': (0.78374, 0.89808, 0.94870, 0.98720, 0.99548),
+    'defocus_blur': (0.65624, 0.73202, 0.85036, 0.91364, 0.94714),
+    'glass_blur': (0.64308, 0.75054, 0.88806, 0.91622, 0.93344),
+    'motion_blur': (0.58430, 0.70048, 0.82108, 0.89750, 0.92638),
+    'zoom_blur': (0.70008, 0.76992, 0.80784, 0.84198, 0.87198),
+    'snow': (0.71726, 0.88392, 0.86468, 0.91870, 0.94952),
+    'frost': (0.61390, 0.79734, 0.88790, 0.89942, 0.93430),
+    'fog': (0.67474, 0.76050, 0.84378, 0.87260, 0.94500),
+    'brightness': (0.45140, 0.48502, 0.54048, 0.62166, 0.72440),
+    'contrast': (0.64548, 0.76150, 0.88874, 0.97760, 0.99270),
+    'elastic_transform': (0.52596, 0.70116, 0.55686, 0.64076, 0.80554),
+    'pixelate': (0.52218, 0.54620, 0.73728, 0.87092, 0.91262),
+    'jpeg_compression': (0.51002, 0.54718, 0.57294, 0.65458, 0.74778),
+}
+# AlexNet's clean ImageNet top-1 error (fraction), Table 1 of the ImageNet-C paper; the relative mCE baseline.
+ALEXNET_CLEAN_ERROR = 0.435
+
+
+def group_name(corruption: str, severity: int) -> str:
+    return f'{corruption}/{severity}'
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def aggregate_corruption_errors(
+        errors: Mapping[str, Mapping[int, float]],
+        clean_error: float | None = None,
+) -> dict[str, Any]:
+    """ImageNet-C aggregates from top-1 errors in percent, ``errors[corruption][severity]``.
+
+    Only the 15 standard corruptions enter the aggregates. With severities or corruptions missing, each
+    corruption's ratio uses the severities present (ours and AlexNet's over the same ones) and the result is
+    marked ``partial``; ``clean_error`` (percent) enables ``relative_mce``.
+    """
+    present = [error for corruption in CORRUPTIONS for error in errors.get(corruption, {}).values()]
+    normalized: dict[str, float] = {}
+    relative: dict[str, float] = {}
+    missing: list[str] = []
+    for corruption in CORRUPTIONS:
+        by_severity = errors.get(corruption, {})
+        missing += [group_name(corruption, severity) for severity in SEVERITIES if severity not in by_severity]
+        severities = [severity for severity in SEVERITIES if severity in by_severity]
+        if not severities:
+            continue
+        ours = [by_severity[severity] / 100.0 for severity in severities]
+        alexnet = [ALEXNET_ERRORS[corruption][severity - 1] for severity in severities]
+        normalized[corruption] = 100.0 * sum(ours) / sum(alexnet)
+        if clean_error is not None:
+            clean = clean_error / 100.0
+            relative[corruption] = 100.0 * (sum(ours) - clean * len(ours)) / (
+                sum(alexnet) - ALEXNET_CLEAN_ERROR * len(alexnet))
+    return {
+        'mean_corruption_error': _mean(present),
+        'mce': _mean(list(normalized.values())),
+        'relative_mce': _mean(list(relative.values())) if clean_error is not None else None,
+        'clean_error': clean_error,
+        'corruption_errors': normalized,  # per corruption CE_c (AlexNet-normalized, percent)
+        'partial': bool(missing),
+        'missing': missing,
+    }
+
+
+class ImageNetC(Benchmark):
+    name = 'imagenet-c'
+    title = 'ImageNet-C'
+    description = ('15 corruptions x 5 severities of the validation images; mean top-1 error (and mCE), '
+                   'lower is better')
+    default_resize_mode = 'none'
+    higher_is_better = False
+    suite_folder_names = ('imagenet-c', 'imagenet_c', 'imagenetc')
+
+    def corruption_folder(self, root: Path, corruption: str) -> Path | None:
+        """``root/<corruption>`` or ``root/<category>/<corruption>`` (the download's tar layout)."""
+        if (root / corruption).is_dir():
+            return root / corruption
+        for category in (*CORRUPTION_CATEGORIES, 'extra'):
+            if (root / category / corruption).is_dir():
+                return root / category / corruption
+        return None
+
+    def find_groups(
+            self, data_dir: str | os.PathLike, corruptions: Sequence[str], severities: Sequence[int] = SEVERITIES,
+    ) -> tuple[dict[str, Path], list[str]]:
+        """Folders of the requested groups that exist, and the names of those that do not."""
+        root = self.check_exists(data_dir)
+        found: dict[str, Path] = {}
+        missing: list[str] = []
+        for corruption in corruptions:
+            folder = self.corruption_folder(root, corruption)
+            for severity in severities:
+                name = group_name(corruption, severity)
+                if folder is not None and (folder / str(severity)).is_dir():
+                    found[name] = folder / str(severity)
+                else:
+                    missing.append(name)
+        if not found:
+            raise DatasetLayoutError(
+                f'no ImageNet-C folders under {root}: expected <corruption>/<severity>/<wnid>/ images '
+                f'(e.g. {root / "gaussian_noise" / "1"})'
+            )
+        return found, missing
+
+    def prepare(
+            self,
+            data_dir: str | os.PathLike,
+            label_space: LabelSpace,
+            *,
+            extra_corruptions: bool = False,
+            allow_partial: bool = False,
+            skip_groups: Sequence[str] = (),
+            **options,
+    ) -> PreparedData:
+        """Scan every requested folder (in parallel) into one sample list grouped by (corruption, severity)."""
+        corruptions = CORRUPTIONS + (EXTRA_CORRUPTIONS if extra_corruptions else ())
+        found, missing = self.find_groups(data_dir, corruptions)
+        if missing and not allow_partial:
+            raise DatasetLayoutError(
+                f'ImageNet-C under {data_dir} is missing {len(missing)} of {len(missing) + len(found)} '
+                f'corruption/severity folders: {", ".join(missing[:12])}{" ..." if len(missing) > 12 else ""}; '
+                f'add --allow-partial to score what is there (aggregates marked partial)'
+            )
+        group_names = list(found)
+        to_scan = [name for name in group_names if name not in set(skip_groups)]
+
+        def scan(name: str) -> list[tuple[str, int]]:
+            folder = found[name]
+            try:
+                return scan_class_folders(folder, label_space.class_to_index, list_class_folders(folder))
+            except ValueError as error:
+                raise DatasetLayoutError(str(error)) from None
+
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(to_scan)))) as pool:
+            scanned = dict(zip(to_scan, pool.map(scan, to_scan)))
+        samples: list[tuple[str, int]] = []
+        sample_groups: list[int] = []
+        group_sizes = []
+        for group, name in enumerate(group_names):
+            group_samples = scanned.get(name, [])
+            samples += group_samples
+            sample_groups += [group] * len(group_samples)
+            group_sizes.append(len(group_samples))
+        empty = [name for name in to_scan if not scanned[name]]
+        if empty and not allow_partial:
+            raise DatasetLayoutError(f'ImageNet-C folder(s) without images: {", ".join(empty[:8])}')
+        return PreparedData(
+            benchmark=self.name, root=Path(data_dir), samples=samples, sample_groups=sample_groups,
+            group_names=group_names, group_sizes=group_sizes,
+            notes={'missing_groups': missing, 'corruptions': list(corruptions)},
+        )

@@ -1,0 +1,64 @@
+"""One DataLoader per evaluation set: sharded without padding, failed files kept track of by index."""
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..cli import UsageError
+from ..data.folder import ClassFolderDataset
+from ..data.samplers import ShardedEvalSampler
+
+__all__ = ['EvalBatch', 'collate_eval_batch', 'build_eval_loader', 'default_workers']
+
+
+class EvalBatch(NamedTuple):
+    """FolderBatch plus the dataset indices of files that failed, so ImageNet-C can tell which folder lost them."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    indices: torch.Tensor
+    num_failed: int
+    failed_indices: torch.Tensor
+
+
+def collate_eval_batch(batch: Sequence[tuple[Any, int, int, int]]) -> EvalBatch:
+    kept = [sample for sample in batch if sample[0] is not None]
+    failed = torch.tensor([sample[2] for sample in batch if sample[0] is None], dtype=torch.long)
+    num_failed = sum(sample[3] for sample in batch)
+    if not kept:
+        return EvalBatch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long),
+                         torch.empty(0, dtype=torch.long), num_failed, failed)
+    try:
+        images = torch.stack([torch.as_tensor(sample[0]) for sample in kept])
+    except RuntimeError as error:
+        shapes = sorted({tuple(torch.as_tensor(sample[0]).shape) for sample in kept})
+        raise UsageError(
+            f'images of different sizes {shapes[:3]} in one batch; with --resize_mode none every image must '
+            f'already have the same size (use resize or resize_center_crop)'
+        ) from error
+    targets = torch.tensor([sample[1] for sample in kept], dtype=torch.long)
+    indices = torch.tensor([sample[2] for sample in kept], dtype=torch.long)
+    return EvalBatch(images, targets, indices, num_failed, failed)
+
+
+def default_workers() -> int:
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1))
+
+
+def build_eval_loader(
+        dataset: ClassFolderDataset,
+        batch_size: int,
+        workers: int,
+        runtime: Any,
+        pin_memory: bool = False,
+) -> DataLoader:
+    """Loader over this process's shard; workers decode and resize, the device normalizes."""
+    sampler = ShardedEvalSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_eval_batch,
+        pin_memory=pin_memory and runtime.kind == 'cuda', drop_last=False,
+        persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+    )

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Evaluate a model on ImageNet and the out-of-distribution suite (Stylized-ImageNet, ImageNet-C, -R, -Sketch, -A,
+-V2) with the literature's exact metrics. See TEST.md.
+
+    python validate.py DATA_DIR --dataset imagenet-r --model robust_resnet_dw_small --checkpoint ckpt.pth \\
+        --results-file results.json
+    python validate.py ROOT --suite --model robust_resnet_dw_small --checkpoint ckpt.pth --results-file table.md
+    torchrun --nproc_per_node 8 validate.py ...   (each image counted exactly once)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from robustcnn.benchmarks import BENCHMARKS, SUITE_ORDER
+from robustcnn.benchmarks.runner import ValidationRequest, run_validation
+from robustcnn.cli import UsageError, run_cli, setup_logging
+from robustcnn.data.transforms import RESIZE_MODES
+from robustcnn.engine.runtime import AMP_DTYPES, init_runtime
+from robustcnn.report import results_to_markdown
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description='Evaluate a timm / Robust-ResNet model on ImageNet and its robustness benchmarks.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('data', metavar='DATA_DIR', help='dataset folder (with --suite: the folder holding them all)')
+    parser.add_argument('--dataset', '-d', choices=list(BENCHMARKS), default=None,
+                        help='evaluation set; inferred from the release flags or the folder when omitted')
+    group = parser.add_argument_group('model')
+    group.add_argument('--model', '-m', default=None, help='timm model name (default: the checkpoint\'s metadata)')
+    group.add_argument('--checkpoint', default='', metavar='PATH', help='.pth/.pth.tar/.safetensors weights')
+    group.add_argument('--pretrained', action='store_true', help='use timm\'s released weights instead')
+    group.add_argument('--use-ema', action='store_true', help='evaluate the EMA weights of a training checkpoint')
+    group.add_argument('--num-classes', type=int, default=None, help='classifier outputs (default: from the labels)')
+    group.add_argument('--class-map', default='', metavar='FILE',
+                       help='class names in classifier order (.txt one per line, or .json)')
+    group.add_argument('--no-fuse', dest='fuse', action='store_false',
+                       help='do not fold BatchNorm into convolutions for inference')
+    group = parser.add_argument_group('preprocessing (defaults: the model\'s cfg and the dataset\'s resize mode)')
+    group.add_argument('--resize_mode', '--resize-mode', dest='resize_mode', choices=RESIZE_MODES, default=None,
+                       help='resize_center_crop (ImageNet, -R, -A, -Sketch, -V2), none (Stylized-ImageNet, '
+                            'ImageNet-C: already 224x224), resize (squash to the input size)')
+    group.add_argument('--img-size', type=int, default=None, metavar='N', help='input image size')
+    group.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'))
+    group.add_argument('--crop-pct', type=float, default=None, help='center crop fraction (resize_center_crop)')
+    group.add_argument('--interpolation', default='', help='resize interpolation (default: model cfg, bicubic)')
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN')
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD')
+    group.add_argument('--normalize', action='store_true',
+                       help='accepted for the original release\'s commands; normalization with the model\'s '
+                            'mean/std is always applied')
+    group = parser.add_argument_group('datasets')
+    group.add_argument('--evaluate_imagenet_c', '--evaluate-imagenet-c', action='store_true',
+                       help='release flag: same as --dataset imagenet-c')
+    group.add_argument('--evaluate_imagenet_r', '--evaluate-imagenet-r', action='store_true',
+                       help='release flag: same as --dataset imagenet-r')
+    group.add_argument('--suite', action='store_true',
+                       help='evaluate every standard dataset folder found under DATA_DIR, loading the model once')
+    group.add_argument('--datasets', default=None,
+                       help=f'suite: comma-separated subset of {",".join(SUITE_ORDER)}')
+    group.add_argument('--dataset-dir', action='append', default=[], metavar='NAME=PATH',
+                       help='suite: folder of one dataset when it is not under its standard name (repeatable)')
+    group.add_argument('--allow-partial', action='store_true',
+                       help='ImageNet-C: score the folders present, marking aggregates partial')
+    group.add_argument('--extra-corruptions', action='store_true',
+                       help='ImageNet-C: also the 4 held-out corruptions (reported, not in the aggregates)')
+    group.add_argument('--clean-error', type=float, default=None, metavar='PERCENT',
+                       help='clean ImageNet top-1 error for ImageNet-C relative_mce (suite: measured)')
+    group.add_argument('--partial-results', default=None, metavar='PATH',
+                       help='ImageNet-C resume file (default: beside --results-file)')
+    group = parser.add_argument_group('running')
+    group.add_argument('-b', '--batch-size', type=int, default=64)
+    group.add_argument('-j', '--workers', type=int, default=None, help='loader processes (default: min(8, cores))')
+    group.add_argument('--pin-mem', action='store_true', help='pin host memory for faster copies to the GPU')
+    group.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
+    group.add_argument('--amp', action='store_true', help='mixed precision (autocast) with --amp-dtype')
+    group.add_argument('--amp-dtype', default='bfloat16', choices=list(AMP_DTYPES))
+    group.add_argument('--channels-last', action='store_true')
+    group.add_argument('--log-freq', type=int, default=50, help='progress line every N batches')
+    group = parser.add_argument_group('output')
+    group.add_argument('--results-file', default='', metavar='PATH', help='results as .json, .csv or .md')
+    group.add_argument('--figure', default='', metavar='PATH.png',
+                       help='PNG: ImageNet-C heat map (corruption x severity) and top-1 bars across the sets')
+    return parser
+
+
+def request_from_args(args: argparse.Namespace) -> ValidationRequest:
+    """Map the command line (release flags included) onto one request."""
+    dataset = args.dataset
+    for flag, implied in (('evaluate_imagenet_c', 'imagenet-c'), ('evaluate_imagenet_r', 'imagenet-r')):
+        if getattr(args, flag):
+            if dataset not in (None, implied):
+                raise UsageError(f'--{flag} contradicts --dataset {dataset}')
+            dataset = implied
+    if args.suite and dataset is not None:
+        raise UsageError('--suite evaluates every dataset found; do not combine it with --dataset')
+    dataset_dirs = {}
+    for item in args.dataset_dir:
+        name, separator, path = item.partition('=')
+        if not separator or name not in BENCHMARKS:
+            raise UsageError(f'--dataset-dir expects NAME=PATH with NAME in {", ".join(SUITE_ORDER)}, got {item!r}')
+        dataset_dirs[name] = path
+    suite_datasets = None
+    if args.datasets:
+        suite_datasets = [name.strip() for name in args.datasets.split(',') if name.strip()]
+        unknown = [name for name in suite_datasets if name not in SUITE_ORDER]
+        if unknown:
+            raise UsageError(f'--datasets: unknown {", ".join(unknown)}; choose from {", ".join(SUITE_ORDER)}')
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f'--workers must be 0 or more, got {args.workers}')
+    if args.log_freq < 0:
+        raise UsageError(f'--log-freq must be 0 or more, got {args.log_freq}')
+    for flag in ('img_size', 'num_classes'):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UsageError(f'--{flag.replace("_", "-")} must be positive, got {value}')
+    return ValidationRequest(
+        data_dir=args.data, dataset=dataset, model=args.model, checkpoint=args.checkpoint or None,
+        pretrained=args.pretrained, use_ema=args.use_ema, num_classes=args.num_classes,
+        class_map=args.class_map or None, suite=args.suite, suite_datasets=suite_datasets, dataset_dirs=dataset_dirs,
+        resize_mode=args.resize_mode, img_size=args.img_size, input_size=args.input_size, crop_pct=args.crop_pct,
+        interpolation=args.interpolation or None, mean=args.mean, std=args.std, batch_size=args.batch_size,
+        workers=args.workers, pin_memory=args.pin_mem, amp_dtype=args.amp_dtype if args.amp else None,
+        channels_last=args.channels_last, fuse=args.fuse, log_freq=args.log_freq,
+        results_file=args.results_file or None, figure=args.figure or None, partial_results=args.partial_results,
+        allow_partial=args.allow_partial, extra_corruptions=args.extra_corruptions, clean_error=args.clean_error,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    request = request_from_args(args)
+    if args.figure and not args.figure.lower().endswith('.png'):
+        raise UsageError(f'--figure must end in .png, got {args.figure}')
+    try:
+        runtime = init_runtime(args.device)
+    except (RuntimeError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    setup_logging(runtime.is_main)
+    with runtime.session():
+        payload = run_validation(request, runtime)
+    if runtime.is_main:
+        sys.stdout.write(results_to_markdown(payload))
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main)
