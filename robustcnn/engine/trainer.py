@@ -360,7 +360,8 @@ class _Trainer:
                 'lr': f'{result.lr:.6e}', 'epoch_seconds': f'{result.seconds:.2f}',
                 'images_per_second': f'{result.images_per_second:.1f}',
             }
-            metrics = {'top1': evaluation.top1, 'top5': evaluation.top5, 'loss': evaluation.loss}
+            metrics = {'top1': evaluation.top1, 'top5': evaluation.top5, 'loss': evaluation.loss,
+                       'num_samples': evaluation.num_samples}
             message = (f'epoch {epoch}: train loss {result.loss:.4f}, eval loss {evaluation.loss:.4f}, '
                        f'top1 {evaluation.top1:.2f}, top5 {evaluation.top5:.2f} ({evaluation.num_samples} images), '
                        f'{result.seconds:.1f}s, {result.images_per_second:.1f} img/s')
