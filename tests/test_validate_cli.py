@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -229,8 +228,17 @@ def test_imagenet_c_release_command_partial_tree(tmp_path: Path, checkpoint: Pat
 
 def test_test_md_commands_parse() -> None:
     """Every validate.py command in TEST.md is accepted by the parser and maps to a request."""
-    text = (REPO / 'TEST.md').read_text()
-    blocks = re.findall(r'```(?:bash|sh)?\n(.*?)```', text, flags=re.S)
+    blocks, current, language = [], None, ''
+    for line in (REPO / 'TEST.md').read_text().splitlines():
+        if line.strip().startswith('```'):
+            if current is None:
+                current, language = [], line.strip()[3:].strip()
+            else:
+                if language in ('bash', 'sh'):
+                    blocks.append('\n'.join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
     commands = [line for block in blocks for line in block.replace('\\\n', ' ').splitlines()
                 if 'validate.py' in line and not line.lstrip().startswith('#')]
     assert len(commands) >= 8
@@ -285,3 +293,47 @@ def test_torchrun_two_processes_count_each_image_once(tmp_path: Path, checkpoint
         assert corrupted['mean_corruption_error'] == pytest.approx((5 * 100 + 100) / 75)
     assert outputs[1]['imagenet-c']['errors'] == outputs[2]['imagenet-c']['errors']
     assert outputs[1]['imagenet']['loss'] == pytest.approx(outputs[2]['imagenet']['loss'], abs=1e-4)
+
+
+def release_commands() -> dict[str, list[str]]:
+    """The original release's TEST.md commands (as this repository's TEST.md quotes them), by dataset."""
+    text = (REPO / 'TEST.md').read_text().replace('\\\n', ' ')
+    commands = {}
+    for line in text.splitlines():
+        if line.startswith('python validate.py /path/to/'):
+            words = shlex.split(line)
+            commands[words[2].rsplit('/', 1)[1]] = words[2:]
+    return commands
+
+
+@pytest.mark.slow
+def test_release_commands_run_with_paths_replaced(tmp_path: Path) -> None:
+    """The release's ImageNet-R and ImageNet-C commands, flags as written, on a Robust-ResNet (pico for speed)."""
+    import timm
+
+    commands = release_commands()
+    assert set(commands) == {'ImageNet', 'Stylized-ImageNet', 'ImageNet-C', 'ImageNet-R', 'ImageNet-Sketch'}
+    model = timm.create_model('robust_resnet_dw_pico')
+    checkpoint = tmp_path / 'ckpt.pth'
+    torch.save({'model': model.state_dict()}, checkpoint)
+    r_indices = imagenet_r_indices()
+    build_wnid_tree(tmp_path / 'ImageNet-R', {r_indices[0]: [1, 2], r_indices[5]: [3]})
+    build_imagenet_c_tree(tmp_path / 'ImageNet-C', imagenet_c_contents(1), size=224)
+    numbers = {}
+    for name in ('ImageNet-R', 'ImageNet-C'):
+        argv = [str(tmp_path / name) if word == f'/path/to/{name}' else word for word in commands[name]]
+        argv = [str(checkpoint) if word == '/path/to/ckpt' else word for word in argv]
+        argv[argv.index('robust_resnet_dw_small')] = 'robust_resnet_dw_pico'
+        for fuse in (True, False):
+            results = tmp_path / f'{name}-{fuse}.json'
+            extra = ['--results-file', str(results)] + ([] if fuse else ['--no-fuse'])
+            assert run_main(argv + extra) == 0
+            numbers[name, fuse] = json.loads(results.read_text())['results']
+    r_entry = numbers['ImageNet-R', True]['imagenet-r']
+    assert r_entry['num_samples'] == 3 and r_entry['label_subset_size'] == 200
+    assert r_entry['preprocessing']['input_size'] == [3, 224, 224]
+    c_entry = numbers['ImageNet-C', True]['imagenet-c']
+    assert c_entry['num_samples'] == 75 and c_entry['preprocessing']['resize_mode'] == 'none'
+    # BatchNorm folding must not change the numbers
+    assert numbers['ImageNet-R', False]['imagenet-r']['loss'] == pytest.approx(r_entry['loss'], abs=1e-4)
+    assert numbers['ImageNet-C', False]['imagenet-c']['errors'] == c_entry['errors']

@@ -1,6 +1,7 @@
 """One DataLoader per evaluation set: sharded without padding, failed files kept track of by index."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, NamedTuple, Sequence
 
@@ -12,6 +13,8 @@ from ..data.folder import ClassFolderDataset
 from ..data.samplers import ShardedEvalSampler
 
 __all__ = ['EvalBatch', 'collate_eval_batch', 'build_eval_loader', 'default_workers']
+
+_logger = logging.getLogger(__name__)
 
 
 class EvalBatch(NamedTuple):
@@ -44,8 +47,12 @@ def collate_eval_batch(batch: Sequence[tuple[Any, int, int, int]]) -> EvalBatch:
     return EvalBatch(images, targets, indices, num_failed, failed)
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+
 def default_workers() -> int:
-    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1))
+    return min(8, available_cores())
 
 
 def build_eval_loader(
@@ -57,6 +64,11 @@ def build_eval_loader(
 ) -> DataLoader:
     """Loader over this process's shard; workers decode and resize, the device normalizes."""
     sampler = ShardedEvalSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank)
+    if workers > available_cores():
+        # More decoding processes than cores only adds switching; the release's "--workers 8" meets small machines.
+        _logger.info('using %d loader workers (--workers %d, %d cores available)', available_cores(), workers,
+                     available_cores())
+        workers = available_cores()
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_eval_batch,
         pin_memory=pin_memory and runtime.kind == 'cuda', drop_last=False,
