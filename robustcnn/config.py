@@ -203,8 +203,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                        help='run folder name under --output (default: date-model-size)')
     group.add_argument('--resume', default='', metavar='PATH|auto',
                        help='checkpoint to continue from; "auto": the newest valid one in the run folder')
-    group.add_argument('--no-resume-opt', action=bool_flag, default=False,
-                       help='with --resume, load only the weights (fresh optimizer and schedule state)')
+    group.add_argument('--no-resume-opt', action='store_true', default=False,
+                       help='with --resume, keep the weights and the position but start a fresh optimizer, '
+                            'schedule and grad-scaler state (e.g. after changing --lr or --opt)')
     group.add_argument('--log-interval', type=_positive_int, default=50, help='optimizer updates between log lines')
     group.add_argument('--recovery-interval', type=_non_negative_int, default=0,
                        help='optimizer updates between recovery checkpoints (0: none)')

@@ -116,6 +116,20 @@ class CheckpointSaver:
         self._remove_recovery(keep=path)
         return path
 
+    def remove_recovery_from(self, epoch: int, batch_in_epoch: int) -> list[Path]:
+        """Delete recovery files of ``epoch`` whose weights were used at or after ``batch_in_epoch``.
+
+        Called when the loss went non-finite at that batch: those weights produced it, so ``--resume auto`` must
+        not pick them over the last good checkpoint.
+        """
+        removed = []
+        for path in self.run_dir.iterdir():
+            match = _RECOVERY_PATTERN.match(path.name)
+            if match and int(match.group(1)) == epoch and int(match.group(2)) >= batch_in_epoch:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
     def _prune_history(self) -> None:
         history = sorted((int(match.group(1)), path) for path in self.run_dir.iterdir()
                          if (match := _HISTORY_PATTERN.match(path.name)))
@@ -204,17 +218,15 @@ def restore_training_state(
         else:
             _logger.warning('%s has no EMA weights; the EMA restarts from the resumed weights', source)
             model_ema.module.load_state_dict(state_dict)
-    if not restore_optimizer:
-        return ResumePoint()
-    if optimizer is not None and 'optimizer' in checkpoint:
+    if restore_optimizer and optimizer is not None and 'optimizer' in checkpoint:
         try:
             optimizer.load_state_dict(checkpoint['optimizer'])
         except (ValueError, KeyError) as error:
             raise CheckpointError(f'optimizer state in {source} does not fit --opt {type(optimizer).__name__}: '
                                   f'{error}; pass --no-resume-opt to start a fresh optimizer') from None
-    if scheduler is not None and checkpoint.get('scheduler'):
+    if restore_optimizer and scheduler is not None and checkpoint.get('scheduler'):
         scheduler.load_state_dict(checkpoint['scheduler'])
-    if scaler is not None and checkpoint.get('scaler'):
+    if restore_optimizer and scaler is not None and checkpoint.get('scaler'):
         scaler.load_state_dict(checkpoint['scaler'])
     if checkpoint.get('rng'):
         restore_rng_state(checkpoint['rng'])

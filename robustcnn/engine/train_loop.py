@@ -29,7 +29,12 @@ _logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; no checkpoint was written after it happened."""
+    """The training loss became NaN or infinite at ``batch_index`` of ``epoch`` (the first such batch)."""
+
+    def __init__(self, message: str, epoch: int, batch_index: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.batch_index = batch_index
 
 
 @dataclass
@@ -118,7 +123,8 @@ def train_one_epoch(
     parameters = [p for p in model.parameters() if p.requires_grad]
     updates_per_epoch = math.ceil(num_batches / accum_steps)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    non_finite = torch.zeros((), dtype=torch.float64, device=device)
+    # index of the first micro-batch with a non-finite loss (-1: none), kept on the device to avoid a sync per step
+    first_bad_batch = torch.full((), -1, dtype=torch.long, device=device)
     samples_seen = 0
     failed_images = 0
     data_seconds = 0.0
@@ -127,12 +133,16 @@ def train_one_epoch(
     optimizer.zero_grad(set_to_none=True)
 
     def check_finite() -> None:
-        flag = runtime.all_reduce_sum(non_finite.clone())
-        if flag.item() > 0:
+        """Stop every process together if any saw a non-finite loss (a collective: all processes call it)."""
+        slots = torch.zeros(runtime.world_size, dtype=torch.long, device=device)
+        slots[runtime.rank] = first_bad_batch + 1
+        reported = [value - 1 for value in runtime.all_reduce_sum(slots).tolist() if value > 0]
+        if reported:
+            first = min(reported)
             raise NonFiniteLossError(
-                f'training loss became NaN or infinite in epoch {epoch} (before batch {batch_index + 1}); stopped '
+                f'training loss became NaN or infinite in epoch {epoch} at batch {first + 1}/{num_batches}; stopped '
                 f'without saving. Lower --lr, add --clip-grad, or use --amp-dtype bfloat16; then --resume auto '
-                f'continues from the last good checkpoint')
+                f'continues from the last good checkpoint', epoch=epoch, batch_index=first)
 
     batch_index = start_batch - 1
     wait_start = time.perf_counter()
@@ -161,7 +171,8 @@ def train_one_epoch(
             else:
                 scaled.backward()
         detached = loss.detach().float()
-        non_finite += (~torch.isfinite(detached)).double()
+        bad = ~torch.isfinite(detached)
+        first_bad_batch = torch.where(bad & (first_bad_batch < 0), batch_index, first_bad_batch)
         loss_sum += detached.double() * images.shape[0]
         samples_seen += images.shape[0]
         interval_samples += images.shape[0]

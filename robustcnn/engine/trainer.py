@@ -325,6 +325,16 @@ class _Trainer:
                         normalization=(self.eval_preprocessing.mean, self.eval_preprocessing.std),
                         description=description)
 
+    def _train_epoch(self, epoch: int, start_batch: int, num_updates: int, save_recovery: Any) -> EpochResult:
+        args, recipe = self.args, self.recipe
+        return train_one_epoch(
+            self.model, self.train_loader, recipe.optimizer, recipe.loss_fn, self.runtime,
+            epoch=epoch, num_batches=self.num_batches, start_batch=start_batch, num_updates=num_updates,
+            accum_steps=args.grad_accum_steps, seed=args.seed, scheduler=recipe.scheduler, mixup=recipe.mixup,
+            scaler=self.scaler, model_ema=self.model_ema, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+            amp_dtype=self.amp_dtype, channels_last=args.channels_last, log_interval=args.log_interval,
+            recovery_interval=args.recovery_interval, save_recovery=save_recovery)
+
     def run(self) -> TrainingOutcome:
         args, runtime, recipe = self.args, self.runtime, self.recipe
         outcome = TrainingOutcome(run_dir=self.run_dir)
@@ -344,14 +354,15 @@ class _Trainer:
                         self.checkpoint(epoch, updates, False, batch_in_epoch), epoch, batch_in_epoch)
                     _logger.info('saved recovery checkpoint %s', path.name)
 
-            result: EpochResult = train_one_epoch(
-                self.model, self.train_loader, recipe.optimizer, recipe.loss_fn, runtime,
-                epoch=epoch, num_batches=self.num_batches, start_batch=start_batch, num_updates=num_updates,
-                accum_steps=args.grad_accum_steps, seed=args.seed, scheduler=recipe.scheduler, mixup=recipe.mixup,
-                scaler=self.scaler, model_ema=self.model_ema, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-                amp_dtype=self.amp_dtype, channels_last=args.channels_last, log_interval=args.log_interval,
-                recovery_interval=args.recovery_interval, save_recovery=save_recovery)
+            try:
+                result = self._train_epoch(epoch, start_batch, num_updates, save_recovery)
+            except NonFiniteLossError as error:
+                if runtime.is_main:
+                    for path in self.saver.remove_recovery_from(error.epoch, error.batch_index):
+                        _logger.warning('removed %s: its weights gave the non-finite loss', path.name)
+                raise
             num_updates, start_batch = result.num_updates, 0
+
 
             evaluation = self.validate(self.model, f'eval epoch {epoch}')
             row: dict[str, Any] = {
