@@ -96,7 +96,8 @@ def test_imagenet_v2_and_sketch_layouts(tmp_path: Path, checkpoint: Path) -> Non
     results = tmp_path / 'r.json'
     assert run_main([str(tmp_path / 'v2'), '--dataset', 'imagenet-v2'] + common(checkpoint, results)) == 0
     assert json.loads(results.read_text())['results']['imagenet-v2']['top1'] == pytest.approx(80.0)
-    assert run_main([str(tmp_path / 'ImageNet-Sketch')] + common(checkpoint, results)) == 0
+    amp = ['--amp', '--amp-dtype', 'bfloat16', '--channels-last']
+    assert run_main([str(tmp_path / 'ImageNet-Sketch')] + common(checkpoint, results) + amp) == 0
     assert json.loads(results.read_text())['results']['imagenet-sketch']['top1'] == pytest.approx(100 * 2 / 3,
                                                                                                    abs=1e-4)
 
@@ -337,3 +338,30 @@ def test_release_commands_run_with_paths_replaced(tmp_path: Path) -> None:
     # BatchNorm folding must not change the numbers
     assert numbers['ImageNet-R', False]['imagenet-r']['loss'] == pytest.approx(r_entry['loss'], abs=1e-4)
     assert numbers['ImageNet-C', False]['imagenet-c']['errors'] == c_entry['errors']
+
+
+def test_folder_dataset_sorted_classes_with_a_1000_class_model(tmp_path: Path, checkpoint: Path) -> None:
+    """timm's meaning of a plain folder tree: classes are the sorted folder names, indices 0..n-1."""
+    data = tmp_path / 'plain'
+    trees.write_class_folder(data / 'a_first', [0, 0])
+    trees.write_class_folder(data / 'b_second', [1, 5])
+    results = tmp_path / 'r.json'
+    assert run_main([str(data), '--dataset', 'folder'] + common(checkpoint, results)) == 0
+    assert json.loads(results.read_text())['results']['folder']['top1'] == pytest.approx(75.0)
+
+
+def test_unusual_but_valid_images_are_all_scored(tmp_path: Path, checkpoint: Path) -> None:
+    """Grayscale, CMYK, palette, RGBA and 16-bit files are converted to RGB and used, not skipped."""
+    from PIL import Image
+
+    folder = tmp_path / 'data' / imagenet_wnids()[3]
+    folder.mkdir(parents=True)
+    Image.new('L', (32, 32), 3).save(folder / 'gray.JPEG', format='JPEG')
+    Image.new('CMYK', (32, 32), (0, 0, 0, 0)).save(folder / 'cmyk.JPEG', format='JPEG')
+    Image.new('P', (32, 32), 3).save(folder / 'palette.png')
+    Image.new('RGBA', (32, 32), (3, 0, 128, 255)).save(folder / 'rgba.png')
+    Image.fromarray(__import__('numpy').full((32, 32), 3 * 257, dtype='uint16')).save(folder / 'sixteen.png')
+    results = tmp_path / 'r.json'
+    assert run_main([str(tmp_path / 'data')] + common(checkpoint, results)) == 0
+    entry = json.loads(results.read_text())['results']['imagenet']
+    assert entry['num_samples'] == 5 and entry['skipped_files'] == 0

@@ -141,8 +141,14 @@ def load_eval_model(
         num_classes: int | None = None,
         pretrained: bool = False,
         use_ema: bool = False,
+        class_list_is_explicit: bool = True,
 ) -> torch.nn.Module:
-    """Build the timm model with as many outputs as its label space has classes, and load the weights."""
+    """Build the timm model and load the weights.
+
+    With an explicit class list (--class-map, the checkpoint's class_names) the model gets that many outputs; a
+    list merely read off sorted folders (``--dataset folder``) only needs to fit inside the model's outputs, as in
+    timm's validate.py.
+    """
     import timm
 
     import robustcnn  # noqa: F401  (registers the robust_resnet_* models)
@@ -151,7 +157,7 @@ def load_eval_model(
     metadata = checkpoint.get('metadata') if isinstance(checkpoint, Mapping) else None
     if num_classes is None and isinstance(metadata, Mapping) and metadata.get('num_classes'):
         num_classes = int(metadata['num_classes'])
-    if num_classes is None and label_space is not None and not label_space.is_imagenet_1k:
+    if num_classes is None and class_list_is_explicit and label_space is not None and not label_space.is_imagenet_1k:
         num_classes = len(label_space)
     kwargs = {} if num_classes is None else {'num_classes': num_classes}
     try:
@@ -166,7 +172,8 @@ def load_eval_model(
         check_state_dict_fits(model, state_dict, source=str(checkpoint_path))
         model.load_state_dict(state_dict, strict=True)
     outputs = getattr(model, 'num_classes', None)
-    if label_space is not None and outputs is not None and outputs != len(label_space):
+    if label_space is not None and outputs is not None and (
+            outputs < len(label_space) or (class_list_is_explicit and outputs != len(label_space))):
         raise UsageError(
             f'model {model_name} has {outputs} outputs but its label space ({label_space.source}) has '
             f'{len(label_space)} classes; pass --num-classes / --class-map that match the checkpoint')
@@ -418,11 +425,13 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
         prepared, label_spaces, plans = _prepare_all(request, runtime, model_name, datasets, model_label_space)
     except ValueError as error:  # label-space problems: the user picked the wrong dataset / class map
         raise UsageError(str(error)) from None
-    model_label_space = model_label_space or next(iter(label_spaces.values()))
+    explicit = model_label_space is not None
+    model_label_space = model_label_space or max(label_spaces.values(), key=len)
 
     # 4. the model, once
     model = load_eval_model(model_name, checkpoint, request.checkpoint, model_label_space,
-                            num_classes=request.num_classes, pretrained=request.pretrained, use_ema=request.use_ema)
+                            num_classes=request.num_classes, pretrained=request.pretrained, use_ema=request.use_ema,
+                            class_list_is_explicit=explicit)
     del checkpoint
     if request.fuse:
         model = _fuse(model)
