@@ -112,6 +112,8 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
         raise UsageError(f'--workers must be 0 or more, got {args.workers}')
     if args.log_freq < 0:
         raise UsageError(f'--log-freq must be 0 or more, got {args.log_freq}')
+    if args.crop_pct is not None and not 0 < args.crop_pct <= 10:
+        raise UsageError(f'--crop-pct must be in (0, 10], got {args.crop_pct}')
     for flag in ('img_size', 'num_classes'):
         value = getattr(args, flag)
         if value is not None and value <= 0:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shlex
 import subprocess
@@ -13,16 +12,16 @@ import pytest
 import torch
 
 import dataset_trees as trees
-from dataset_trees import (ColorCodeClassifier, build_imagenet_c_tree, build_wnid_tree, correct_tree,
+from dataset_trees import (ColorCodeClassifier, build_imagenet_c_tree, build_wnid_tree,
                            register_color_model, save_color_checkpoint, write_broken_files)
-from robustcnn.benchmarks.imagenet_c import ALEXNET_ERRORS, CORRUPTIONS, aggregate_corruption_errors
+from robustcnn.benchmarks.imagenet_c import CORRUPTIONS, aggregate_corruption_errors
 from robustcnn.benchmarks.runner import ValidationRequest, run_validation
 from robustcnn.data.label_space import imagenet_r_indices, imagenet_wnids
 from robustcnn.engine.runtime import init_runtime
 
-import validate
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # validate.py is a script at the repository root, not part of the package
+import validate  # noqa: E402
 MODEL = register_color_model()
 
 

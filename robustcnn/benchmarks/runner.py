@@ -9,14 +9,13 @@ import json
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..checkpoint import (CheckpointError, atomic_write_text, check_state_dict_fits, extract_state_dict,
+from ..checkpoint import (atomic_write_text, check_state_dict_fits, extract_state_dict,
                           load_checkpoint_file)
 from ..cli import UsageError
 from ..data.folder import ClassFolderDataset
@@ -86,7 +85,8 @@ def infer_dataset(data_dir: str | os.PathLike) -> tuple[str, str]:
     names = [root.name] + ([root.parent.name] if root.name.lower() in ('val', 'validation', 'sketch') else [])
     for name in names:
         for benchmark in SUITE_ORDER:
-            if normalized_name(name) in {normalized_name(folder) for folder in BENCHMARKS[benchmark].suite_folder_names}:
+            known = {normalized_name(folder) for folder in BENCHMARKS[benchmark].suite_folder_names}
+            if normalized_name(name) in known:
                 return benchmark, f'folder name {name!r}'
     if root.is_dir():
         folders = [entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith('.')]
