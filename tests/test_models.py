@@ -295,3 +295,26 @@ def test_module_entry_point_lists_models():
     result = subprocess.run([sys.executable, '-m', 'robustcnn'], capture_output=True, text=True, check=True)
     assert f'robustcnn {robustcnn.__version__}' in result.stdout
     assert 'robust_resnet_down_inverted_dw_small' in result.stdout
+
+
+@pytest.mark.parametrize('name', ['robust_resnet_dw_nano', 'robust_resnet_inverted_dw_nano',
+                                  'robust_resnet_up_inverted_dw_nano', 'robust_resnet_down_inverted_dw_nano'])
+def test_fuse_folds_every_batchnorm_and_keeps_outputs(name):
+    from timm.utils.model import reparameterize_model
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    for module in model.modules():  # non-trivial statistics, else folding would be a no-op
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.2)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        via_timm = reparameterize_model(model)  # timm's hook, on a copy
+        fused = model.fuse()
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in via_timm.modules())
+        torch.testing.assert_close(fused(x), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(via_timm(x), expected, rtol=1e-4, atol=1e-5)

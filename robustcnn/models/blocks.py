@@ -12,7 +12,7 @@ Where the stride is placed and what widths flow in and out follow the release:
 - Down-Inverted-DW: 1x1 in->4d, BN, ReLU, 1x1 4d->d, depthwise kxk on d (stride), add.
 """
 
-from typing import Dict, Optional, Type
+from typing import Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -21,13 +21,21 @@ from timm.layers import DropPath
 
 __all__ = [
     'BLOCK_TYPES', 'RobustResNetBlock', 'DWBlock', 'InvertedDWBlock', 'UpInvertedDWBlock', 'DownInvertedDWBlock',
-    'block_output_channels',
+    'fold_batchnorm',
 ]
 
 
-def block_output_channels(block_type: str, dim: int, mlp_ratio: float) -> int:
-    """Width a block of ``block_type`` produces for stage width ``dim`` (DW expands, the inverted kinds don't)."""
-    return int(mlp_ratio * dim) if block_type == 'dw' else dim
+@torch.no_grad()
+def fold_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """A conv equal to ``norm(conv(x))`` with ``norm`` in eval mode (its running statistics folded in)."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
+    return fused
 
 
 def _shortcut(
@@ -54,6 +62,8 @@ class RobustResNetBlock(nn.Module):
     """
 
     out_chs: int
+    # (conv, norm) attribute pairs where the norm directly follows the conv, for inference-time folding
+    conv_norm_pairs: Tuple[Tuple[str, str], ...] = ()
 
     def _init_residual(
             self,
@@ -78,6 +88,20 @@ class RobustResNetBlock(nn.Module):
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold every BatchNorm into the conv before it, for inference (timm's ``reparameterize_model`` hook).
+
+        The block then has no normalization left; outputs are unchanged in eval mode. Do not train afterwards.
+        """
+        for conv_name, norm_name in self.conv_norm_pairs:
+            norm = getattr(self, norm_name)
+            if isinstance(norm, nn.BatchNorm2d):
+                setattr(self, conv_name, fold_batchnorm(getattr(self, conv_name), norm))
+                setattr(self, norm_name, nn.Identity())
+        if isinstance(self.downsample, nn.Sequential) and isinstance(self.downsample[1], nn.BatchNorm2d):
+            self.downsample = fold_batchnorm(self.downsample[0], self.downsample[1])
+
     def output_activation(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
@@ -90,6 +114,8 @@ class RobustResNetBlock(nn.Module):
 
 class DWBlock(RobustResNetBlock):
     """Robust-ResNet-DW block: the ResNet bottleneck with its 3x3 made a large depthwise conv."""
+
+    conv_norm_pairs = (('pwconv1', 'norm1'),)
 
     def __init__(
             self,
@@ -126,6 +152,8 @@ class DWBlock(RobustResNetBlock):
 class InvertedDWBlock(RobustResNetBlock):
     """Robust-ResNet-Inverted-DW block: inverted bottleneck, depthwise conv on the expanded width."""
 
+    conv_norm_pairs = (('pwconv1', 'norm1'),)
+
     def __init__(
             self,
             in_chs: int,
@@ -158,6 +186,8 @@ class InvertedDWBlock(RobustResNetBlock):
 
 class UpInvertedDWBlock(RobustResNetBlock):
     """Robust-ResNet-Up-Inverted-DW block: depthwise conv moved up, before the expanding 1x1 (as in ConvNeXt)."""
+
+    conv_norm_pairs = (('conv_dw', 'norm1'),)
 
     def __init__(
             self,
@@ -193,6 +223,8 @@ class UpInvertedDWBlock(RobustResNetBlock):
 
 class DownInvertedDWBlock(RobustResNetBlock):
     """Robust-ResNet-Down-Inverted-DW block: depthwise conv moved down, after the projecting 1x1."""
+
+    conv_norm_pairs = (('pwconv1', 'norm2'),)
 
     def __init__(
             self,

@@ -20,7 +20,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from ..checkpoint import extract_state_dict
-from .blocks import BLOCK_TYPES, RobustResNetBlock, block_output_channels
+from .blocks import BLOCK_TYPES, RobustResNetBlock
 
 __all__ = ['RobustResNet', 'RobustResNetStage', 'checkpoint_filter_fn']
 
@@ -193,6 +193,16 @@ class RobustResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    @torch.no_grad()
+    def fuse(self) -> 'RobustResNet':
+        """Fold each block's BatchNorm (and each shortcut's) into the conv before it: a norm-free network for
+        inference with the same outputs (eval mode). Modifies the model in place and puts it in eval mode."""
+        self.eval()
+        for module in self.modules():
+            if isinstance(module, RobustResNetBlock):
+                module.reparameterize()
+        return self
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
