@@ -205,3 +205,24 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
+
+
+def test_unreadable_training_images_are_replaced_named_and_counted(tmp_path, caplog):
+    import numpy as np
+    data = make_image_folders(tmp_path, train_per_class=4, val_per_class=1, size=16)
+    (data / 'train' / 'sea' / '001.png').write_bytes(b'not an image at all')
+    args = parse_train_args([str(data), '--batch-size', '4', '--workers', '0', '--aug-repeats', '0'])
+    classes = {name: i for i, name in enumerate(sorted(p.name for p in (data / 'train').iterdir()))}
+
+    def to_tensor(image):
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+
+    loader = build_train_loader(args, data / 'train', classes, to_tensor, num_replicas=1, rank=0)
+    loader.sampler.set_epoch(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
+    with caplog.at_level('WARNING'):
+        result = train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1),
+                                 torch.nn.CrossEntropyLoss(), CPU, epoch=0, num_batches=len(loader), log_interval=100)
+    assert result.failed_images == 1 and result.num_samples == 16   # batch sizes stay full
+    assert 'sea/001.png' in caplog.text
+    assert 'epoch 0: 1 unreadable image file(s) were replaced' in caplog.text

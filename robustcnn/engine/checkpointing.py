@@ -179,6 +179,7 @@ class ResumePoint:
     num_updates: int = 0
     best_metric: float | None = None
     best_epoch: int | None = None
+    epoch_totals: dict[str, float] | None = None   # loss/sample sums of the part of the epoch already done
 
 
 def restore_training_state(
@@ -237,4 +238,5 @@ def restore_training_state(
         num_updates=int(checkpoint.get('step', 0)),
         best_metric=checkpoint.get('best_metric'),
         best_epoch=checkpoint.get('best_epoch'),
+        epoch_totals=dict(checkpoint['epoch_totals']) if checkpoint.get('epoch_totals') else None,
     )

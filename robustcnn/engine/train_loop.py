@@ -40,7 +40,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class EpochResult:
     loss: float               # mean training loss over the epoch's samples on all processes
-    num_samples: int          # samples seen this epoch (all processes, after a resume: only the new ones)
+    num_samples: int          # samples seen this epoch (all processes, including those before a resume)
     num_updates: int          # optimizer updates since the start of training, after this epoch
     seconds: float
     images_per_second: float
@@ -108,14 +108,17 @@ def train_one_epoch(
         channels_last: bool = False,
         log_interval: int = 50,
         recovery_interval: int = 0,
-        save_recovery: Callable[[int, int], None] | None = None,
+        save_recovery: Callable[[int, int, dict[str, float]], None] | None = None,
+        carried: dict[str, float] | None = None,
 ) -> EpochResult:
     """Train over ``loader`` (the epoch's batches from ``start_batch`` on) and return its statistics.
 
     ``num_batches`` is the full epoch's length: accumulation groups are ``accum_steps`` consecutive micro-batches
     counted from the epoch's start, the last group holding the remainder, and each micro-batch's loss is divided
     by its group's real size so every update is the mean gradient over the samples of its group.
-    ``save_recovery(batch_in_epoch, num_updates)`` is called every ``recovery_interval`` updates.
+    ``save_recovery(batch_in_epoch, num_updates, totals)`` is called on every process every ``recovery_interval``
+    updates with the epoch's totals so far (all processes summed: ``loss_sum``, ``num_samples``, ``failed_images``);
+    passing them back as ``carried`` after a mid-epoch resume makes the epoch's statistics those of the whole epoch.
     """
     model.train()
     device = runtime.device
@@ -131,6 +134,15 @@ def train_one_epoch(
     interval_samples = 0
     start_time = interval_time = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
+
+    def summed_totals() -> dict[str, float]:
+        """This epoch's totals over all processes (including what a resumed run carried over)."""
+        local = torch.tensor([loss_sum.item(), samples_seen, failed_images], dtype=torch.float64, device=device)
+        loss_total, sample_total, failed_total = runtime.all_reduce_sum(local).tolist()
+        before = carried or {}
+        return {'loss_sum': loss_total + before.get('loss_sum', 0.0),
+                'num_samples': int(sample_total + before.get('num_samples', 0)),
+                'failed_images': int(failed_total + before.get('failed_images', 0))}
 
     def check_finite() -> None:
         """Stop every process together if any saw a non-finite loss (a collective: all processes call it)."""
@@ -211,16 +223,15 @@ def train_one_epoch(
             if save_recovery is not None and recovery_interval and num_updates % recovery_interval == 0 \
                     and batch_index + 1 < num_batches:
                 check_finite()
-                save_recovery(batch_index + 1, num_updates)
+                save_recovery(batch_index + 1, num_updates, summed_totals())
             _maybe_kill_self(num_updates)
         wait_start = time.perf_counter()
 
     check_finite()
     runtime.synchronize()
     seconds = time.perf_counter() - start_time
-    totals = runtime.all_reduce_sum(torch.tensor([loss_sum.item(), samples_seen, failed_images], dtype=torch.float64,
-                                                 device=device))
-    total_loss, total_samples, total_failed = totals.tolist()
+    totals = summed_totals()
+    total_loss, total_samples, total_failed = totals['loss_sum'], totals['num_samples'], totals['failed_images']
     if total_failed:
         _logger.warning('epoch %d: %d unreadable image file(s) were replaced by other samples', epoch, total_failed)
     return EpochResult(
@@ -228,7 +239,7 @@ def train_one_epoch(
         num_samples=int(total_samples),
         num_updates=num_updates,
         seconds=seconds,
-        images_per_second=total_samples / max(seconds, 1e-9),
+        images_per_second=(total_samples - (carried or {}).get('num_samples', 0)) / max(seconds, 1e-9),
         failed_images=int(total_failed),
         lr=float(optimizer.param_groups[0]['lr']),
     )

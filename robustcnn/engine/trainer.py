@@ -296,7 +296,8 @@ class _Trainer:
         }
 
     def checkpoint(self, epoch: int, num_updates: int, epoch_complete: bool, batch_in_epoch: int,
-                   metrics: dict[str, float] | None = None) -> dict[str, Any]:
+                   metrics: dict[str, float] | None = None, epoch_totals: dict[str, float] | None = None,
+                   ) -> dict[str, Any]:
         checkpoint: dict[str, Any] = {
             'arch': self.args.model,
             'state_dict': self.plain_model.state_dict(),
@@ -316,6 +317,8 @@ class _Trainer:
             checkpoint['scaler'] = self.scaler.state_dict()
         if metrics:
             checkpoint['metrics'] = dict(metrics)
+        if epoch_totals:
+            checkpoint['epoch_totals'] = dict(epoch_totals)
         return checkpoint
 
     def validate(self, model: torch.nn.Module, description: str) -> Any:
@@ -325,7 +328,8 @@ class _Trainer:
                         normalization=(self.eval_preprocessing.mean, self.eval_preprocessing.std),
                         description=description)
 
-    def _train_epoch(self, epoch: int, start_batch: int, num_updates: int, save_recovery: Any) -> EpochResult:
+    def _train_epoch(self, epoch: int, start_batch: int, num_updates: int, save_recovery: Any,
+                     carried: dict[str, float] | None) -> EpochResult:
         args, recipe = self.args, self.recipe
         return train_one_epoch(
             self.model, self.train_loader, recipe.optimizer, recipe.loss_fn, self.runtime,
@@ -333,7 +337,7 @@ class _Trainer:
             accum_steps=args.grad_accum_steps, seed=args.seed, scheduler=recipe.scheduler, mixup=recipe.mixup,
             scaler=self.scaler, model_ema=self.model_ema, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
             amp_dtype=self.amp_dtype, channels_last=args.channels_last, log_interval=args.log_interval,
-            recovery_interval=args.recovery_interval, save_recovery=save_recovery)
+            recovery_interval=args.recovery_interval, save_recovery=save_recovery, carried=carried)
 
     def run(self) -> TrainingOutcome:
         args, runtime, recipe = self.args, self.runtime, self.recipe
@@ -348,14 +352,15 @@ class _Trainer:
             if recipe.mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
                 recipe.mixup.mixup_enabled = False
 
-            def save_recovery(batch_in_epoch: int, updates: int, epoch: int = epoch) -> None:
+            def save_recovery(batch_in_epoch: int, updates: int, totals: dict[str, float], epoch: int = epoch) -> None:
                 if runtime.is_main:
-                    path = self.saver.save_recovery(
-                        self.checkpoint(epoch, updates, False, batch_in_epoch), epoch, batch_in_epoch)
+                    checkpoint = self.checkpoint(epoch, updates, False, batch_in_epoch, epoch_totals=totals)
+                    path = self.saver.save_recovery(checkpoint, epoch, batch_in_epoch)
                     _logger.info('saved recovery checkpoint %s', path.name)
 
             try:
-                result = self._train_epoch(epoch, start_batch, num_updates, save_recovery)
+                carried = self.resume.epoch_totals if start_batch else None
+                result = self._train_epoch(epoch, start_batch, num_updates, save_recovery, carried)
             except NonFiniteLossError as error:
                 if runtime.is_main:
                     for path in self.saver.remove_recovery_from(error.epoch, error.batch_index):
