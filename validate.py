@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='clean ImageNet top-1 error for ImageNet-C relative_mce (suite: measured)')
     group.add_argument('--partial-results', default=None, metavar='PATH',
                        help='ImageNet-C resume file (default: beside --results-file)')
+    group.add_argument('--save-every', type=int, default=50, metavar='N',
+                       help='ImageNet-C: record finished folders for resuming every N batches')
     group = parser.add_argument_group('running')
     group.add_argument('-b', '--batch-size', type=int, default=64)
     group.add_argument('-j', '--workers', type=int, default=None, help='loader processes (default: min(8, cores))')
@@ -110,6 +112,8 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
             raise UsageError(f'--datasets: unknown {", ".join(unknown)}; choose from {", ".join(SUITE_ORDER)}')
     if args.workers is not None and args.workers < 0:
         raise UsageError(f'--workers must be 0 or more, got {args.workers}')
+    if args.save_every <= 0:
+        raise UsageError(f'--save-every must be positive, got {args.save_every}')
     if args.log_freq < 0:
         raise UsageError(f'--log-freq must be 0 or more, got {args.log_freq}')
     if args.crop_pct is not None and not 0 < args.crop_pct <= 10:
@@ -128,6 +132,7 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
         channels_last=args.channels_last, fuse=args.fuse, log_freq=args.log_freq,
         results_file=args.results_file or None, figure=args.figure or None, partial_results=args.partial_results,
         allow_partial=args.allow_partial, extra_corruptions=args.extra_corruptions, clean_error=args.clean_error,
+        group_sync_every=args.save_every,
     )
 
 

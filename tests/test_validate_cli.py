@@ -274,7 +274,7 @@ def test_torchrun_two_processes_count_each_image_once(tmp_path: Path, checkpoint
     launcher.write_text(LAUNCHER.format(tests=str(REPO / 'tests'), repo=str(REPO)))
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     argv = [str(root), '--suite', '--model', MODEL, '--checkpoint', str(checkpoint), '--device', 'cpu',
-            '--workers', '0', '-b', '2', '--log-freq', '0']
+            '--workers', '0', '-b', '1', '--log-freq', '0', '--save-every', '1']  # ImageNet-C: 38 and 37 steps
     outputs = {}
     for processes in (1, 2):
         results = tmp_path / f'r{processes}.json'
@@ -292,6 +292,7 @@ def test_torchrun_two_processes_count_each_image_once(tmp_path: Path, checkpoint
         assert corrupted['num_samples'] == 75
         assert corrupted['mean_corruption_error'] == pytest.approx((5 * 100 + 100) / 75)
     assert outputs[1]['imagenet-c']['errors'] == outputs[2]['imagenet-c']['errors']
+    assert not (tmp_path / 'r2.imagenet-c.partial.json').exists()  # written during the run, removed at the end
     assert outputs[1]['imagenet']['loss'] == pytest.approx(outputs[2]['imagenet']['loss'], abs=1e-4)
 
 
