@@ -211,7 +211,9 @@ def test_imagenet_c_metrics_resume_and_suite(tmp_path: Path, checkpoint: Path) -
     assert entry['mce'] == pytest.approx((2.5 / 4.43214 + 1.0 / 4.09662) * 100 / 15)
     assert entry['relative_mce'] == pytest.approx(expected['relative_mce'])
     assert entry['clean_error'] == pytest.approx(25.0)  # measured on the clean set of the same suite run
-    assert json.loads(results.read_text())['results']['imagenet']['top1'] == pytest.approx(75.0)
+    saved_payload = json.loads(results.read_text())
+    assert saved_payload['results']['imagenet']['top1'] == pytest.approx(75.0)
+    assert saved_payload['readme_row'] == f'| {MODEL} | 75.0 | – | 4.7 | – | – |'
 
 
 def test_imagenet_c_release_command_partial_tree(tmp_path: Path, checkpoint: Path) -> None:

@@ -490,6 +490,8 @@ def _evaluate_all(context: _Context, datasets: Mapping[str, Path], prepared: Map
             _logger.info('%s: top1 %s top5 %s loss %s over %d images (%d skipped files)', name, _fmt(entry['top1']),
                          _fmt(entry['top5']), _fmt(entry['loss'], 4), entry['num_samples'], entry['skipped_files'])
         payload['results'][name] = entry
+        if request.suite:
+            payload['readme_row'] = readme_row(payload)
         if runtime.is_main and request.results_file:
             write_results(request.results_file, payload)  # after every set: a crash keeps what is done
 
