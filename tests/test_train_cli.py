@@ -186,7 +186,8 @@ def test_torchrun_two_processes_train_and_validate_every_image_once(dataset, tmp
     (data / 'val' / 'sea' / '000.png').unlink()  # 23 validation images: not divisible by 2 processes
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                str(TRAIN_SCRIPT), str(data), *TINY_FLAGS, '--epochs', '2', '--aug-repeats', '3',
-               '--output', str(tmp_path), '--experiment', 'ddp']
+               '--validation-batch-size', '11', '--output', str(tmp_path), '--experiment', 'ddp']
+    # (23 images in batches of 11: process 0 scores 12 in 2 batches, process 1 scores 11 in 1 batch)
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
                             env=subprocess_env())
     assert result.returncode == 0, result.stderr[-3000:]

@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +205,11 @@ class _Trainer:
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
         if args.sync_bn and runtime.distributed:
+            if runtime.kind != 'cuda':
+                raise UsageError(f'--sync-bn needs CUDA GPUs (PyTorch has no SyncBatchNorm on {runtime.kind})')
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif args.sync_bn:
+            _logger.info('--sync-bn has no effect in a single process')
         self.model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
         _logger.info('model %s: %.2f M parameters, %d classes, input %s', args.model,
                      sum(p.numel() for p in model.parameters()) / 1e6, num_classes, self.data_config['input_size'])
@@ -322,7 +327,19 @@ class _Trainer:
         return checkpoint
 
     def validate(self, model: torch.nn.Module, description: str) -> Any:
+        """Evaluate the unwrapped model with process 0's buffers, i.e. exactly the weights the checkpoint holds.
+
+        BatchNorm running statistics drift apart between processes (each updates them from its own last batch);
+        they are broadcast from process 0 first. The DDP wrapper is not used for evaluation: its per-forward buffer
+        broadcast is a collective, and unpadded shards give processes different numbers of batches.
+        """
         from .evaluate import evaluate
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        if self.runtime.distributed:
+            import torch.distributed as dist
+            for buffer in unwrap_model(model).buffers():
+                dist.broadcast(buffer, src=0)
         return evaluate(model, self.eval_loader, self.runtime, amp_dtype=self.amp_dtype,
                         channels_last=self.args.channels_last,
                         normalization=(self.eval_preprocessing.mean, self.eval_preprocessing.std),
@@ -410,7 +427,7 @@ class _Trainer:
 
 def run_training(args: argparse.Namespace, runtime: Runtime | None = None) -> TrainingOutcome:
     """Train as ``args`` says. Raises UsageError/CheckpointError for user mistakes, NonFiniteLossError on NaN."""
-    setup_logging(runtime.is_main if runtime is not None else True)
+    setup_logging(runtime.is_main if runtime is not None else os.environ.get('RANK', '0') == '0')
     own_runtime = runtime is None
     if runtime is None:
         try:
