@@ -82,9 +82,16 @@ _INT_TYPES = (int, _positive_int, _non_negative_int)
 _FLOAT_TYPES = (float, _non_negative_float, _probability)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Raises ConfigError instead of printing the usage block, so a bad flag is one line and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f'{message} (see {self.prog} --help)')
+
+
 def build_train_parser() -> argparse.ArgumentParser:
     """All training flags. The original release's TRAIN.md flags are all accepted with their meanings."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog='train.py',
         description='Train a Robust-ResNet (or any timm model) on an image-folder dataset with the DeiT recipe.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

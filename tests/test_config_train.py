@@ -156,3 +156,16 @@ def test_every_flag_has_a_yaml_spelling():
         loaded = yaml.safe_load(yaml.safe_dump({key: value}))
         from robustcnn.config import apply_yaml_defaults
         apply_yaml_defaults(build_train_parser(), loaded)  # must not raise: defaults are valid config values
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--batch-size', '0'], 'argument -b/--batch-size: must be at least 1, got 0'),
+    (['--epochs', '-3'], 'argument --epochs: must be at least 1, got -3'),
+    (['--reprob', '1.5'], 'argument --reprob: must be between 0 and 1, got 1.5'),
+    (['--lr', 'nan'], 'argument --lr: must be a finite number >= 0, got nan'),
+    (['--bogus-flag'], 'unrecognized arguments: --bogus-flag'),
+    (['--model-kwargs', 'patch_size'], 'expected KEY=VALUE'),
+])
+def test_bad_flags_are_one_line_usage_errors(flags, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_train_args(['/data', *flags])
