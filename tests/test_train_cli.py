@@ -185,7 +185,7 @@ def test_torchrun_two_processes_train_and_validate_every_image_once(dataset, tmp
     shutil.copytree(dataset, data)
     (data / 'val' / 'sea' / '000.png').unlink()  # 23 validation images: not divisible by 2 processes
     command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-               str(TRAIN_SCRIPT), str(data), *TINY_FLAGS, '--epochs', '2', '--aug-repeats', '3',
+               str(TRAIN_SCRIPT), str(data), *TINY_FLAGS, '--epochs', '2', '--aug-repeats', '3', '--grad-accum-steps', '2',
                '--validation-batch-size', '11', '--output', str(tmp_path), '--experiment', 'ddp']
     # (23 images in batches of 11: process 0 scores 12 in 2 batches, process 1 scores 11 in 1 batch)
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
@@ -194,9 +194,10 @@ def test_torchrun_two_processes_train_and_validate_every_image_once(dataset, tmp
     assert '2 processes on cpu' in result.stderr
     checkpoint = torch.load(tmp_path / 'ddp' / 'last.pth.tar', map_location='cpu', weights_only=True)
     assert checkpoint['metrics']['num_samples'] == 23
-    assert checkpoint['metadata']['world_size'] == 2 and checkpoint['metadata']['total_batch_size'] == 16
-    # RepeatAugSampler keeps an epoch at the dataset's size: 64 draws / 2 processes / 8 per batch = 4 steps
-    assert checkpoint['step'] == 2 * 4
+    assert checkpoint['metadata']['world_size'] == 2 and checkpoint['metadata']['total_batch_size'] == 32
+    # RepeatAugSampler keeps an epoch at the dataset's size: 64 draws / 2 processes / 8 per batch = 4 batches,
+    # accumulated in pairs: 2 updates per epoch
+    assert checkpoint['step'] == 2 * 2
 
     # the same checkpoint evaluated by a single process gives the same top-1, top-5 and loss
     import timm
