@@ -36,7 +36,7 @@ setup(
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={'console_scripts': ['robustcnn=robustcnn.__main__:main']},
+    entry_points={'console_scripts': ['robustcnn=robustcnn.__main__:console_main']},
     classifiers=[
         'Programming Language :: Python :: 3.10',
         'Programming Language :: Python :: 3.11',

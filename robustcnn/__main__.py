@@ -1,23 +1,28 @@
-"""``python -m robustcnn`` / ``robustcnn``: print the version and the registered Robust-ResNet models."""
+"""``python -m robustcnn`` / ``robustcnn``: list the models, or convert a checkpoint to ``.safetensors``.
+
+    robustcnn                          version and registered models
+    robustcnn models [--params]        the same, optionally with parameter counts
+    robustcnn convert CKPT OUT.safetensors [--use-ema]
+"""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Sequence
 
 import timm
 import torch
 
 from . import __version__
+from .checkpoint import extract_state_dict, load_checkpoint_file, save_safetensors
+from .cli import UsageError, run_cli
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='robustcnn', description=__doc__)
-    parser.add_argument('--params', action='store_true', help='also build each model and print its parameter count')
-    args = parser.parse_args(argv)
+def list_models(show_params: bool) -> int:
     print(f'robustcnn {__version__} (timm {timm.__version__}, torch {torch.__version__})')
     print('registered models:')
     for name in timm.list_models('robust_resnet*'):
-        if args.params:
+        if show_params:
             with torch.device('meta'):
                 model = timm.create_model(name)
             count = sum(parameter.numel() for parameter in model.parameters())
@@ -27,5 +32,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def convert(checkpoint: Path, output: Path, use_ema: bool) -> int:
+    """Write the weights of any checkpoint form as a ``.safetensors`` file (no pickle, safe to share)."""
+    if output.suffix != '.safetensors':
+        raise UsageError(f'output {output} must end in .safetensors')
+    state_dict = extract_state_dict(load_checkpoint_file(checkpoint), use_ema=use_ema)
+    tensors = {key: value for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
+    save_safetensors(tensors, output, metadata={'source': checkpoint.name, 'robustcnn_version': __version__})
+    print(f'wrote {len(tensors)} tensors to {output}')
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='robustcnn', description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest='command')
+    models = commands.add_parser('models', help='print the version and the registered models')
+    models.add_argument('--params', action='store_true', help='also print each model\'s parameter count')
+    converter = commands.add_parser('convert', help='convert a .pth/.pth.tar checkpoint to .safetensors')
+    converter.add_argument('checkpoint', type=Path)
+    converter.add_argument('output', type=Path)
+    converter.add_argument('--use-ema', action='store_true', help='take the EMA weights (state_dict_ema)')
+    parser.add_argument('--params', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.command == 'convert':
+        return convert(args.checkpoint, args.output, args.use_ema)
+    return list_models(args.params)
+
+
+def console_main() -> None:
+    run_cli(main, prog='robustcnn')
+
+
 if __name__ == '__main__':
-    raise SystemExit(main())
+    console_main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -47,10 +48,14 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f'{path} is not a plain weights file: it asks to run code when loaded, which is refused for safety '
-            f'({str(error).splitlines()[0]}); re-save it as a plain state dict or .safetensors from a trusted source'
-        ) from None
+        found = re.search(r'Unsupported global: GLOBAL (\S+)', str(error))
+        if found:
+            raise CheckpointError(
+                f'{path} is not a plain weights file: loading it would call {found.group(1)}, which is refused for '
+                f'safety; re-save it as a plain state dict or .safetensors from a trusted source'
+            ) from None
+        raise CheckpointError(f'cannot read checkpoint {path}: not a PyTorch weights file (corrupt or another '
+                              f'format)') from None
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f'cannot read checkpoint {path}: {error} (the file may be truncated or corrupt)') from None
 
@@ -78,12 +83,13 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> dict[str, torc
     """
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f'checkpoint holds a {type(checkpoint).__name__}, expected a dict of weights')
-    keys = (_EMA_KEYS if use_ema else ()) + _STATE_DICT_KEYS
+    keys = _EMA_KEYS if use_ema else _STATE_DICT_KEYS
     for key in keys:
         if isinstance(checkpoint.get(key), Mapping):
             return clean_state_dict(checkpoint[key])
     if use_ema:
-        raise CheckpointError('--use-ema was given but the checkpoint has no state_dict_ema/model_ema')
+        raise CheckpointError('EMA weights were asked for (--use-ema) but the checkpoint has no state_dict_ema or '
+                              'model_ema; drop --use-ema to use its plain weights')
     if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
         return clean_state_dict(checkpoint)
     raise CheckpointError(
@@ -147,11 +153,18 @@ def _atomic_write(path: str | os.PathLike, write: Any) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
+        # e.g. disk full (torch.save reports it as a RuntimeError): say that nothing the user had was lost
+        if isinstance(error, (OSError, RuntimeError)):
+            previous = 'the previous file there is unchanged' if path.exists() else 'no file was written'
+            reason = getattr(error, 'strerror', None) or str(error).splitlines()[0]
+            message = f'could not write {path} ({reason}); {previous}'
+            errno_value = getattr(error, 'errno', None)
+            raise (OSError(errno_value, message) if errno_value else OSError(message)) from error
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)

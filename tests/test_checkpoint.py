@@ -1,0 +1,149 @@
+"""Checkpoint safety: no pickled code runs, every released form unwraps, writes are atomic, safetensors round-trip."""
+import errno
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+import robustcnn  # noqa: F401
+from robustcnn import checkpoint as ckpt
+from robustcnn.checkpoint import (
+    CheckpointError, atomic_save, extract_state_dict, load_checkpoint_file, load_model_weights, save_safetensors,
+)
+
+
+class _CreatesFileWhenUnpickled:
+    """Unpickling this calls ``open(path, 'w')``: a stand-in for arbitrary code in a downloaded checkpoint."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
+
+
+def test_malicious_pickle_runs_nothing_and_says_why(tmp_path):
+    marker = tmp_path / 'pwned.txt'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'payload': _CreatesFileWhenUnpickled(marker)}, evil)
+    # the payload is real: plain unpickling would create the marker file
+    probe = tmp_path / 'probe.pkl'
+    probe.write_bytes(pickle.dumps(_CreatesFileWhenUnpickled(tmp_path / 'probe_marker')))
+    pickle.loads(probe.read_bytes())
+    assert (tmp_path / 'probe_marker').exists()
+
+    with pytest.raises(CheckpointError, match='not a plain weights file'):
+        load_checkpoint_file(evil)
+    assert not marker.exists()
+    # timm's pretrained-file path refuses it too (weights_only), and nothing is created
+    with pytest.raises(Exception):
+        timm.create_model('robust_resnet_dw_pico', pretrained=True, pretrained_cfg_overlay=dict(file=str(evil)))
+    assert not marker.exists()
+
+
+def test_training_checkpoint_with_namespace_args_still_loads(tmp_path):
+    import argparse
+    path = tmp_path / 'timm_style.pth.tar'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'args': argparse.Namespace(lr=1e-3), 'epoch': 3}, path)
+    assert torch.equal(extract_state_dict(load_checkpoint_file(path))['w'], torch.ones(2))
+
+
+@pytest.mark.parametrize('content,reason', [(b'', 'truncated or corrupt'), (b'not a checkpoint', 'not a PyTorch weights file')])
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path, content, reason):
+    path = tmp_path / 'bad.pth'
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=reason if content else 'bad.pth'):
+        load_checkpoint_file(path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match='checkpoint not found'):
+        load_checkpoint_file(tmp_path / 'nope.pth')
+
+
+def test_extract_state_dict_forms_and_ema_choice():
+    weights, ema = {'a': torch.zeros(1)}, {'a': torch.ones(1)}
+    assert extract_state_dict({'model': weights})['a'].item() == 0
+    assert extract_state_dict({'state_dict': weights, 'state_dict_ema': ema})['a'].item() == 0
+    assert extract_state_dict({'state_dict': weights, 'state_dict_ema': ema}, use_ema=True)['a'].item() == 1
+    assert list(extract_state_dict({'module._orig_mod.a': torch.zeros(1)})) == ['a']
+    assert list(extract_state_dict({'_orig_mod.module.a': torch.zeros(1)})) == ['a']
+    with pytest.raises(CheckpointError, match='has no state_dict_ema'):
+        extract_state_dict({'state_dict': weights}, use_ema=True)
+    with pytest.raises(CheckpointError, match='has no weights'):
+        extract_state_dict({'epoch': 3, 'optimizer': {}})
+
+
+def test_checkpoint_of_another_model_names_the_mismatch(tmp_path):
+    path = tmp_path / 'other.pth'
+    torch.save(timm.create_model('robust_resnet_inverted_dw_nano').state_dict(), path)
+    model = timm.create_model('robust_resnet_dw_nano')
+    with pytest.raises(CheckpointError, match=r'does not fit model RobustResNet: .*missing keys|shape mismatches'):
+        load_model_weights(model, path)
+    path_classes = tmp_path / 'classes.pth'
+    torch.save(timm.create_model('robust_resnet_dw_pico', num_classes=10).state_dict(), path_classes)
+    with pytest.raises(CheckpointError, match=r'head\.fc\.weight: checkpoint \(10, 512\) vs model \(1000, 512\)'):
+        load_model_weights(timm.create_model('robust_resnet_dw_pico'), path_classes)
+
+
+def test_atomic_save_leaves_previous_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / 'last.pth.tar'
+    atomic_save({'epoch': 1}, path)
+    real_save = torch.save
+
+    def disk_full(obj, file):
+        file.write(b'x' * 100)
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(ckpt.torch, 'save', disk_full)
+    with pytest.raises(OSError, match='No space left on device.*previous file there is unchanged'):
+        atomic_save({'epoch': 2}, path)
+    monkeypatch.setattr(ckpt.torch, 'save', real_save)
+    assert torch.load(path, weights_only=True) == {'epoch': 1}
+    assert [p.name for p in tmp_path.iterdir()] == ['last.pth.tar'], 'no temp file left behind'
+
+
+def test_atomic_save_killed_mid_write_never_leaves_a_partial_file(tmp_path):
+    """SIGKILL while a large checkpoint is being written: the target is the old file or the new one, never half."""
+    path = tmp_path / 'ckpt.pth'
+    atomic_save({'version': 0}, path)
+    script = (
+        'import sys, torch; from robustcnn.checkpoint import atomic_save\n'
+        'big = {"w": torch.zeros(64, 1024, 1024)}\n'
+        'print("writing", flush=True)\n'
+        'while True:\n    atomic_save(big, sys.argv[1])\n'
+    )
+    process = subprocess.Popen([sys.executable, '-c', script, str(path)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == 'writing'
+    import time
+    time.sleep(1.5)
+    process.kill()
+    process.wait()
+    loaded = torch.load(path, weights_only=True)
+    assert loaded == {'version': 0} or tuple(loaded['w'].shape) == (64, 1024, 1024)
+
+
+def test_safetensors_round_trip_and_convert_command(tmp_path):
+    model = timm.create_model('robust_resnet_dw_pico')
+    source = tmp_path / 'model.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'epoch': 7}, source)
+    output = tmp_path / 'model.safetensors'
+    result = subprocess.run([sys.executable, '-m', 'robustcnn', 'convert', str(source), str(output)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f'to {output}' in result.stdout
+    loaded = load_checkpoint_file(output)
+    assert set(loaded) == set(model.state_dict())
+    fresh = timm.create_model('robust_resnet_dw_pico', pretrained=True, pretrained_cfg_overlay=dict(file=str(output)))
+    assert torch.equal(fresh.stem.weight, model.stem.weight)
+    # direct writer, and a bad output name is a one-line usage error
+    save_safetensors(model.state_dict(), tmp_path / 'direct.safetensors')
+    assert torch.equal(load_checkpoint_file(tmp_path / 'direct.safetensors')['stem.bias'], model.stem.bias)
+    bad = subprocess.run([sys.executable, '-m', 'robustcnn', 'convert', str(source), str(tmp_path / 'x.pth')],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count('\n') == 0 and 'must end in .safetensors' in bad.stderr
+    assert not os.path.exists(tmp_path / 'x.pth')
