@@ -109,18 +109,16 @@ class SeededSampler(Sampler):
                 dataset, num_replicas=num_replicas, rank=rank, shuffle=True, num_repeats=aug_repeats)
         else:
             self.base = DistributedSampler(
-                dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+                dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=0, drop_last=False)
         self.epoch = 0
         self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.start = 0
-        if isinstance(self.base, RepeatAugSampler):
-            # RepeatAugSampler seeds its shuffle with the epoch alone; fold the run seed in so --seed changes it.
-            self.base.set_epoch(self.seed * 1_000_003 + epoch)
-        else:
-            self.base.set_epoch(epoch)
+        # Both base samplers shuffle with a generator seeded from the epoch number alone (DistributedSampler adds
+        # its own seed, left at 0); fold the run seed in so that --seed changes the order.
+        self.base.set_epoch(self.seed * 1_000_003 + epoch)
 
     def set_start(self, num_batches: int, batch_size: int) -> None:
         self.start = num_batches * batch_size
