@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .faults import kill_point
+
 __all__ = [
     'CheckpointError', 'load_checkpoint_file', 'extract_state_dict', 'clean_state_dict', 'load_model_weights',
     'atomic_save', 'atomic_write_bytes', 'atomic_write_text', 'save_safetensors',
@@ -151,6 +153,7 @@ def _atomic_write(path: str | os.PathLike, write: Any) -> Path:
         with os.fdopen(fd, 'wb') as file:
             write(file)
             file.flush()
+            kill_point('file-write')
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
     except BaseException as error:

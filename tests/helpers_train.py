@@ -1,6 +1,7 @@
 """Shared pieces of the training tests: a tiny learnable image-folder dataset and ways to run train.py."""
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -56,6 +57,11 @@ def run_train_subprocess(arguments: Sequence[str], timeout: float = 180, **env: 
 
 def load_weights(path: Path, key: str = 'state_dict') -> dict[str, torch.Tensor]:
     return torch.load(path, map_location='cpu', weights_only=True)[key]
+
+
+def read_summary(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / 'summary.csv').open(newline='') as file:
+        return list(csv.DictReader(file))
 
 
 def assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:

@@ -1,7 +1,6 @@
 """train.py end to end on a CPU: it learns, writes its run folder, resumes exactly, and fails clearly."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
 import shutil
@@ -22,15 +21,10 @@ from robustcnn.engine.trainer import SUMMARY_COLUMNS, run_training
 
 from helpers_train import (
     CLASS_COLOURS, REPO_ROOT, TINY_FLAGS, TRAIN_SCRIPT, assert_same_weights, load_weights, make_image_folders,
-    run_train_subprocess, subprocess_env,
+    read_summary, run_train_subprocess, subprocess_env,
 )
 
 pytestmark = pytest.mark.slow
-
-
-def read_summary(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / 'summary.csv').open(newline='') as file:
-        return list(csv.DictReader(file))
 
 
 def train_in_process(arguments: list[str]):

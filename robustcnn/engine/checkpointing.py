@@ -116,6 +116,14 @@ class CheckpointSaver:
         self._remove_recovery(keep=path)
         return path
 
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete temp files a killed write left behind (``.NAME.XXXX.tmp``); call from the main process only,
+        before it writes anything, so no write in progress is touched."""
+        stale = [path for path in self.run_dir.iterdir() if path.name.startswith('.') and path.name.endswith('.tmp')]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
     def remove_recovery_from(self, epoch: int, batch_in_epoch: int) -> list[Path]:
         """Delete recovery files of ``epoch`` whose weights were used at or after ``batch_in_epoch``.
 

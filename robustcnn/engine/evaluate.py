@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..faults import kill_point
+
 __all__ = ['EvalResult', 'GroupCounts', 'evaluate', 'normalize_on_device', 'format_duration']
 
 _logger = logging.getLogger(__name__)
@@ -189,6 +191,7 @@ def evaluate(
                 _logger.info('%s [%s] %.1f images/s, elapsed %s, ETA %s, top1 %.2f (this process)',
                              description, progress, rate, format_duration(elapsed), format_duration(eta),
                              100.0 * counts[0].item() / max(counts[2].item(), 1))
+            kill_point('validation-batch')
     finally:
         model.train(was_training)
 

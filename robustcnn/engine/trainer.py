@@ -277,6 +277,8 @@ class _Trainer:
         self.summary_columns = SUMMARY_COLUMNS + (EMA_COLUMNS if self.model_ema is not None else [])
         self.summary_rows: list[dict[str, Any]] = []
         if runtime.is_main:
+            for path in self.saver.remove_stale_temp_files():
+                _logger.info('removed %s, left by an interrupted write', path.name)
             atomic_write_text(args_to_yaml(args), self.run_dir / 'args.yaml')
             self.summary_rows = _read_summary_rows(self.run_dir / 'summary.csv', self.resume.epoch)
 

@@ -1,0 +1,75 @@
+"""Kill anywhere: SIGKILL training inside a step, during validation, while a file is being written, and at random
+moments; resuming with ``--resume auto`` each time must end with exactly the uninterrupted run's weights, and no
+checkpoint on disk may ever be unreadable."""
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from helpers_train import (
+    REPO_ROOT, TINY_FLAGS, TRAIN_SCRIPT, assert_same_weights, load_weights, make_image_folders, read_summary,
+    run_train_subprocess, subprocess_env,
+)
+
+EPOCHS = '3'
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    return make_image_folders(tmp_path_factory.mktemp('kill') / 'data', train_per_class=8, val_per_class=4)
+
+
+def _arguments(dataset, output, experiment):
+    return [str(dataset), *TINY_FLAGS, '--epochs', EPOCHS, '--recovery-interval', '1', '--output', str(output),
+            '--experiment', experiment, '--resume', 'auto']
+
+
+def _assert_every_checkpoint_readable(run_dir):
+    for path in run_dir.glob('*.pth.tar'):
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        assert 'state_dict' in checkpoint, path.name
+
+
+@pytest.mark.slow
+def test_kill_anywhere_then_resume_auto_reproduces_the_uninterrupted_run(dataset, tmp_path):
+    reference = run_train_subprocess(_arguments(dataset, tmp_path, 'reference'))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    expected = load_weights(tmp_path / 'reference' / 'last.pth.tar')
+
+    run_dir = tmp_path / 'killed'
+    arguments = _arguments(dataset, tmp_path, 'killed')
+    faults = [
+        {'ROBUSTCNN_KILL_AFTER_UPDATES': '2'},    # inside training, right after an optimizer update
+        {'ROBUSTCNN_KILL_AT': 'validation-batch:1'},  # during the first validation this process runs
+        {'ROBUSTCNN_KILL_AT': 'file-write:2'},    # data written to the temp file, not yet renamed into place
+        {'ROBUSTCNN_KILL_AT': 'file-write:4'},
+    ]
+    logs = []
+    for fault in faults:
+        result = run_train_subprocess(arguments, **fault)
+        assert result.returncode == -signal.SIGKILL, (fault, result.stderr[-2000:])
+        logs.append(result.stderr)
+        _assert_every_checkpoint_readable(run_dir)
+
+    # and at random moments (seeded, so a failure reproduces)
+    chooser = random.Random(1234)
+    for _ in range(2):
+        process = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *arguments], cwd=REPO_ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+        time.sleep(chooser.uniform(4.0, 9.0))
+        process.kill()
+        process.wait()
+        _assert_every_checkpoint_readable(run_dir)
+
+    final = run_train_subprocess(arguments)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert_same_weights(load_weights(run_dir / 'last.pth.tar'), expected)
+    assert [row['eval_top1'] for row in read_summary(run_dir)] == \
+        [row['eval_top1'] for row in read_summary(tmp_path / 'reference')]
+    assert not [path.name for path in run_dir.iterdir() if path.name.endswith('.tmp')], 'stale temp files removed'
+    # with a recovery point after every update, the kill after update 2 loses nothing: the next start resumes there
+    assert '2 updates done' in logs[1]
