@@ -3,7 +3,8 @@
 ``ROBUSTCNN_KILL_AT="validation-batch:2"`` kills the process when it reaches that point for the 2nd time
 (counted per process); several points may be given, comma-separated. Points: ``validation-batch`` (after a batch
 of evaluation), ``file-write`` (inside an atomic write, after the data went to the temp file and before the rename
-that publishes it). Unset, :func:`kill_point` costs one dictionary lookup.
+that publishes it). With ``ROBUSTCNN_KILL_RANK=R`` only the process of that torchrun ``RANK`` is killed. Unset,
+:func:`kill_point` costs one dictionary lookup.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import os
 import signal
 from collections import Counter
 
-__all__ = ['KILL_AT_ENV', 'kill_point']
+__all__ = ['KILL_AT_ENV', 'KILL_RANK_ENV', 'kill_point']
 
 KILL_AT_ENV = 'ROBUSTCNN_KILL_AT'
+KILL_RANK_ENV = 'ROBUSTCNN_KILL_RANK'
 _targets: dict[str, int] | None = None
 _reached: Counter = Counter()
 
@@ -30,7 +32,9 @@ def kill_point(name: str) -> None:
     """SIGKILL this process if ``ROBUSTCNN_KILL_AT`` names this point and its count is reached."""
     global _targets
     if _targets is None:
-        _targets = _parse(os.environ.get(KILL_AT_ENV, ''))
+        rank = os.environ.get(KILL_RANK_ENV)
+        applies = rank is None or rank == os.environ.get('RANK', '0')
+        _targets = _parse(os.environ.get(KILL_AT_ENV, '')) if applies else {}
     if name in _targets:
         _reached[name] += 1
         if _reached[name] == _targets[name]:

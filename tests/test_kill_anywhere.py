@@ -73,3 +73,18 @@ def test_kill_anywhere_then_resume_auto_reproduces_the_uninterrupted_run(dataset
     assert not [path.name for path in run_dir.iterdir() if path.name.endswith('.tmp')], 'stale temp files removed'
     # with a recovery point after every update, the kill after update 2 loses nothing: the next start resumes there
     assert '2 updates done' in logs[1]
+
+
+@pytest.mark.distributed
+def test_a_dead_rank_stops_the_other_within_bounded_time(dataset, tmp_path):
+    """Rank 1 is SIGKILLed in validation; rank 0 must not wait forever in a collective."""
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+               str(TRAIN_SCRIPT), *_arguments(dataset, tmp_path, 'rank-dies')]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+                            env=subprocess_env(ROBUSTCNN_KILL_AT='validation-batch:1', ROBUSTCNN_KILL_RANK='1'))
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert elapsed < 120, f'took {elapsed:.0f} s to stop'
+    assert 'Signal 9 (SIGKILL)' in result.stderr or 'exitcode  : -9' in result.stderr, result.stderr[-3000:]
+    _assert_every_checkpoint_readable(tmp_path / 'rank-dies')
