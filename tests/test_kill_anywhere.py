@@ -88,3 +88,44 @@ def test_a_dead_rank_stops_the_other_within_bounded_time(dataset, tmp_path):
     assert elapsed < 120, f'took {elapsed:.0f} s to stop'
     assert 'Signal 9 (SIGKILL)' in result.stderr or 'exitcode  : -9' in result.stderr, result.stderr[-3000:]
     _assert_every_checkpoint_readable(tmp_path / 'rank-dies')
+
+
+def test_imagenet_c_evaluation_killed_resumes_from_finished_folders(tmp_path):
+    """validate.py SIGKILLed mid-way through ImageNet-C: the rerun skips the folders it finished and ends with the
+    same numbers as an uninterrupted run."""
+    import json
+
+    import timm
+    from dataset_trees import build_imagenet_c_tree
+    from robustcnn.benchmarks.imagenet_c import CORRUPTIONS
+
+    contents = {(corruption, severity): {3: [3, 40], 900: [900]} for corruption in CORRUPTIONS
+                for severity in range(1, 6)}
+    root = build_imagenet_c_tree(tmp_path / 'ImageNet-C', contents)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / 'pico.pth'
+    torch.save(timm.create_model('robust_resnet_dw_pico').state_dict(), checkpoint)
+
+    def validate(results, **fault):
+        command = [sys.executable, 'validate.py', str(root), '--dataset', 'imagenet-c', '--model',
+                   'robust_resnet_dw_pico', '--checkpoint', str(checkpoint), '--workers', '0', '-b', '3',
+                   '--save-every', '1', '--results-file', str(results)]
+        return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                              env=subprocess_env(**fault))
+
+    reference = validate(tmp_path / 'reference.json')
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    results = tmp_path / 'killed.json'
+    killed = validate(results, ROBUSTCNN_KILL_AT='validation-batch:40')
+    assert killed.returncode == -signal.SIGKILL
+    partial = tmp_path / 'killed.imagenet-c.partial.json'
+    finished = json.loads(partial.read_text())['folders']
+    assert 30 <= len(finished) < 75, len(finished)
+    resumed = validate(results)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    entry = json.loads(results.read_text())['results']['imagenet-c']
+    expected = json.loads((tmp_path / 'reference.json').read_text())['results']['imagenet-c']
+    assert entry['resumed_folders'] == len(finished)
+    assert entry['errors'] == expected['errors'] and entry['num_samples'] == expected['num_samples'] == 225
+    assert entry['mean_corruption_error'] == expected['mean_corruption_error']
+    assert not partial.exists()
