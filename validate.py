@@ -15,14 +15,14 @@ from typing import Sequence
 
 from robustcnn.benchmarks import BENCHMARKS, SUITE_ORDER
 from robustcnn.benchmarks.runner import ValidationRequest, run_validation
-from robustcnn.cli import UsageError, run_cli, setup_logging
+from robustcnn.cli import OneLineErrorParser, UsageError, run_cli, setup_logging
 from robustcnn.data.transforms import RESIZE_MODES
 from robustcnn.engine.runtime import AMP_DTYPES, init_runtime
 from robustcnn.report import results_to_markdown
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         description='Evaluate a timm / Robust-ResNet model on ImageNet and its robustness benchmarks.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('data', metavar='DATA_DIR', help='dataset folder (with --suite: the folder holding them all)')
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('-b', '--batch-size', type=int, default=64)
     group.add_argument('-j', '--workers', type=int, default=None, help='loader processes (default: min(8, cores))')
     group.add_argument('--pin-mem', action='store_true', help='pin host memory for faster copies to the GPU')
-    group.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
+    group.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda', 'xla'),
+                       help='xla: every TPU chip of this host (SPMD); auto picks it when PJRT_DEVICE is set')
     group.add_argument('--amp', action='store_true', help='mixed precision (autocast) with --amp-dtype')
     group.add_argument('--amp-dtype', default='bfloat16', choices=list(AMP_DTYPES))
     group.add_argument('--channels-last', action='store_true')
@@ -146,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuntimeError, ValueError) as error:
         raise UsageError(str(error)) from None
     setup_logging(runtime.is_main)
+    # --batch-size is per device, as in train.py: an XLA host feeds all its chips from one loader
+    request.batch_size = runtime.process_batch_size(request.batch_size)
     with runtime.session():
         payload = run_validation(request, runtime)
     if runtime.is_main:

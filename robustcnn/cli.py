@@ -1,6 +1,7 @@
 """Shared behaviour of the command lines: user mistakes become one line on stderr and exit status 2."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -8,11 +9,21 @@ from typing import Callable, NoReturn, Sequence
 
 from .checkpoint import CheckpointError
 
-__all__ = ['UsageError', 'USER_ERRORS', 'run_cli', 'setup_logging']
+__all__ = ['UsageError', 'USER_ERRORS', 'OneLineErrorParser', 'run_cli', 'setup_logging']
 
 
 class UsageError(ValueError):
     """Bad input from the user (arguments, paths, data layout); the message says what to do."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise UsageError (one line, exit status 2) instead of printing the usage
+    block; subclasses may raise a more specific UsageError via :attr:`error_class`."""
+
+    error_class: type[UsageError] = UsageError
+
+    def error(self, message: str):  # type: ignore[override]
+        raise self.error_class(f'{message} (see {self.prog} --help)')
 
 
 # Errors that mean "the user gave us something wrong", reported without a traceback.

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .cli import UsageError
+from .cli import OneLineErrorParser, UsageError
 
 __all__ = [
     'ConfigError', 'build_train_parser', 'parse_train_args', 'load_yaml_config', 'apply_yaml_defaults',
@@ -82,16 +82,15 @@ _INT_TYPES = (int, _positive_int, _non_negative_int)
 _FLOAT_TYPES = (float, _non_negative_float, _probability)
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Raises ConfigError instead of printing the usage block, so a bad flag is one line and exit status 2."""
+class TrainArgumentParser(OneLineErrorParser):
+    """Bad flags raise ConfigError: one line and exit status 2 instead of the usage block."""
 
-    def error(self, message: str):  # type: ignore[override]
-        raise ConfigError(f'{message} (see {self.prog} --help)')
+    error_class = ConfigError
 
 
 def build_train_parser() -> argparse.ArgumentParser:
     """All training flags. The original release's TRAIN.md flags are all accepted with their meanings."""
-    parser = OneLineErrorParser(
+    parser = TrainArgumentParser(
         prog='train.py',
         description='Train a Robust-ResNet (or any timm model) on an image-folder dataset with the DeiT recipe.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

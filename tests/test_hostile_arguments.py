@@ -1,0 +1,101 @@
+"""Hostile arguments to train.py and validate.py: each is one line on stderr naming the problem, exit status 2,
+no traceback, and no work done (no run folder, no results file)."""
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from helpers_train import REPO_ROOT, make_image_folders
+
+sys.path.insert(0, str(REPO_ROOT))  # train.py and validate.py are scripts at the repository root
+import train  # noqa: E402
+import validate  # noqa: E402
+from robustcnn.cli import run_cli  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp('hostile')
+    data = make_image_folders(root / 'data', train_per_class=2, val_per_class=1)
+    (root / 'unknown_key.yaml').write_text('model: robust_resnet_dw_pico\nnot_a_flag: 3\n')
+    (root / 'wrong_type.yaml').write_text('epochs: three\n')
+    (root / 'not_a_mapping.yaml').write_text('- a\n- list\n')
+    other = root / 'other_architecture.pth'
+    torch.save(timm.create_model('robust_resnet_inverted_dw_nano').state_dict(), other)
+    torch.save({'state_dict': torch.load(other, weights_only=True), 'epoch': 0, 'step': 4, 'optimizer': {},
+                'metadata': {'model': 'robust_resnet_inverted_dw_nano'}}, root / 'other_training.pth')
+    (root / 'garbage.pth').write_bytes(b'\x00garbage')
+    return root, data
+
+
+TRAIN_CASES = {
+    'unknown yaml key': (['--config', '{root}/unknown_key.yaml'], 'not_a_flag'),
+    'wrong yaml type': (['--config', '{root}/wrong_type.yaml'], 'epochs'),
+    'yaml not a mapping': (['--config', '{root}/not_a_mapping.yaml'], 'not_a_mapping.yaml'),
+    'missing config': (['--config', '{root}/nope.yaml'], 'nope.yaml'),
+    'zero batch': (['--batch-size', '0'], 'batch-size'),
+    'negative epochs': (['--epochs', '-3'], 'epochs'),
+    'zero image size': (['--img-size', '0'], 'img-size'),
+    'negative lr': (['--lr', '-0.1'], 'lr'),
+    'missing data': (['--data-dir', '{root}/missing'], 'missing'),
+    'unknown model': (['--model', 'no_such_model'], 'no_such_model'),
+    'resume file missing': (['--resume', '{root}/nope.pth'], 'nope.pth'),
+    'resume plain weights': (['--resume', '{root}/other_architecture.pth'], 'not a training checkpoint'),
+    'resume other architecture': (['--resume', '{root}/other_training.pth'], 'robust_resnet_inverted_dw_nano'),
+    'resume garbage': (['--resume', '{root}/garbage.pth'], 'garbage.pth'),
+}
+
+VALIDATE_CASES = {
+    'missing dataset folder': (['{root}/missing', '--dataset', 'imagenet'], 'missing'),
+    'unknown dataset': (['{data}/val', '--dataset', 'imagenet-z'], 'imagenet-z'),
+    'zero batch': (['{data}/val', '--dataset', 'folder', '-b', '0'], 'batch-size'),
+    'negative image size': (['{data}/val', '--dataset', 'folder', '--img-size', '-1'], 'img-size'),
+    'missing checkpoint': (['{data}/val', '--dataset', 'folder', '--checkpoint', '{root}/nope.pth'], 'nope.pth'),
+    'other architecture': (['{data}/val', '--dataset', 'folder', '--checkpoint', '{root}/other_architecture.pth'],
+                           'does not fit'),
+    'unknown class folders': (['{data}/val', '--dataset', 'imagenet', '--checkpoint',
+                               '{root}/other_architecture.pth'], 'apple'),
+}
+
+
+def _run(main, argv, prog, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv, prog=prog)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize('case', TRAIN_CASES)
+def test_train_rejects_hostile_arguments_in_one_line(files, case, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv('ROBUSTCNN_TRACEBACK', raising=False)
+    root, data = files
+    extra, expected = TRAIN_CASES[case]
+    argv = [str(data), '--model', 'robust_resnet_dw_nano', '--workers', '0', '-b', '2', '--output', str(tmp_path / 'out'),
+            '--experiment', 'x', '--epochs', '1', '--img-size', '32']
+    argv += [item.format(root=root, data=data) for item in extra]
+    code, stderr = _run(train.main, argv, 'train.py', capsys)
+    lines = [line for line in stderr.splitlines() if 'error' in line.lower() or 'Traceback' in line]
+    assert code == 2, stderr
+    assert 'Traceback' not in stderr
+    assert len(lines) == 1 and lines[0].startswith('train.py: error:'), stderr
+    assert expected in lines[0]
+    assert not (tmp_path / 'out' / 'x' / 'last.pth.tar').exists()
+
+
+@pytest.mark.parametrize('case', VALIDATE_CASES)
+def test_validate_rejects_hostile_arguments_in_one_line(files, case, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv('ROBUSTCNN_TRACEBACK', raising=False)
+    root, data = files
+    arguments, expected = VALIDATE_CASES[case]
+    argv = [item.format(root=root, data=data) for item in arguments]
+    argv += ['--model', 'robust_resnet_dw_nano', '--workers', '0', '--results-file', str(tmp_path / 'r.json')]
+    if '--checkpoint' not in argv:
+        argv += ['--checkpoint', str(Path(root) / 'other_architecture.pth')]
+    code, stderr = _run(validate.main, argv, 'validate.py', capsys)
+    lines = [line for line in stderr.splitlines() if 'error' in line.lower() or 'Traceback' in line]
+    assert code == 2, stderr
+    assert 'Traceback' not in stderr
+    assert len(lines) == 1 and lines[0].startswith('validate.py: error:'), stderr
+    assert expected in lines[0]
+    assert not (tmp_path / 'r.json').exists()
