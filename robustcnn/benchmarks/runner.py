@@ -5,6 +5,7 @@ checked before the model is built, so a typo costs a second, not a model load.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from .imagenet_c import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES, ImageNetC, a
 from .loader import build_eval_loader, default_workers
 
 __all__ = ['ValidationRequest', 'infer_dataset', 'find_suite_datasets', 'load_eval_model', 'run_validation',
-           'partial_results_path']
+           'partial_results_path', 'apply_checkpoint_defaults']
 
 _logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class ValidationRequest:
     pretrained: bool = False
     use_ema: bool = False
     num_classes: int | None = None
+    model_kwargs: Mapping[str, Any] | None = None
     class_map: str | None = None
     suite: bool = False
     suite_datasets: Sequence[str] | None = None
@@ -132,6 +134,54 @@ def find_suite_datasets(request: ValidationRequest) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------------------------------- model
 
+def _checkpoint_model_kwargs(checkpoint: Any) -> dict[str, Any] | None:
+    """The constructor arguments a training run used: ``metadata['model_kwargs']``, else ``args['model_kwargs']``
+    (train.py and timm's train.py both store the latter; timm's as an argparse Namespace)."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    metadata = checkpoint.get('metadata')
+    if isinstance(metadata, Mapping) and isinstance(metadata.get('model_kwargs'), Mapping):
+        return dict(metadata['model_kwargs'])
+    args = checkpoint.get('args')
+    if args is not None and not isinstance(args, Mapping):
+        args = getattr(args, '__dict__', None)
+    if isinstance(args, Mapping) and isinstance(args.get('model_kwargs'), Mapping):
+        return dict(args['model_kwargs'])
+    return None
+
+
+def apply_checkpoint_defaults(request: ValidationRequest, checkpoint: Any, model_name: str) -> ValidationRequest:
+    """Fill what the user left unset from the training checkpoint: model arguments and evaluation preprocessing.
+
+    A model trained with ``--model-kwargs patch_size=8`` at 64 px only loads with that stem, and is only right at
+    the size, crop, interpolation and normalization it was trained with; the timm config of the model name says
+    224 px. Flags the user gives always win. The model arguments are used only when the checkpoint's model is the
+    one evaluated (they belong to that architecture).
+    """
+    if not isinstance(checkpoint, Mapping):
+        return request
+    metadata = checkpoint.get('metadata')
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    changes: dict[str, Any] = {}
+    if request.model_kwargs is None:
+        stored_model = metadata.get('model') or checkpoint.get('arch')
+        kwargs = _checkpoint_model_kwargs(checkpoint)
+        if kwargs and (stored_model is None or stored_model == model_name):
+            changes['model_kwargs'] = kwargs
+        elif kwargs:
+            _logger.warning('checkpoint was trained as %s with %s; not applying those arguments to --model %s',
+                            stored_model, kwargs, model_name)
+    if request.img_size is None and request.input_size is None and metadata.get('input_size'):
+        changes['input_size'] = tuple(int(value) for value in metadata['input_size'])
+    for name in ('crop_pct', 'interpolation', 'mean', 'std'):
+        if getattr(request, name) is None and metadata.get(name) is not None:
+            value = metadata[name]
+            changes[name] = tuple(float(item) for item in value) if name in ('mean', 'std') else value
+    if changes:
+        _logger.info('from the checkpoint: %s', ', '.join(f'{name}={value}' for name, value in changes.items()))
+    return dataclasses.replace(request, **changes) if changes else request
+
+
 def load_eval_model(
         model_name: str,
         checkpoint: Any,
@@ -142,6 +192,7 @@ def load_eval_model(
         pretrained: bool = False,
         use_ema: bool = False,
         class_list_is_explicit: bool = True,
+        model_kwargs: Mapping[str, Any] | None = None,
 ) -> torch.nn.Module:
     """Build the timm model and load the weights.
 
@@ -159,7 +210,9 @@ def load_eval_model(
         num_classes = int(metadata['num_classes'])
     if num_classes is None and class_list_is_explicit and label_space is not None and not label_space.is_imagenet_1k:
         num_classes = len(label_space)
-    kwargs = {} if num_classes is None else {'num_classes': num_classes}
+    kwargs = dict(model_kwargs or {})
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
     try:
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     except TypeError as error:
@@ -214,6 +267,7 @@ def _run_identity(request: ValidationRequest, model_name: str, data_dir: Path) -
         'interpolation': request.interpolation, 'mean': list(request.mean) if request.mean else None,
         'std': list(request.std) if request.std else None, 'class_map': request.class_map,
         'num_classes': request.num_classes, 'pretrained': request.pretrained,
+        'model_kwargs': dict(request.model_kwargs) if request.model_kwargs else None,
     }
 
 
@@ -417,6 +471,7 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
     model_name = request.model or (metadata.get('model') if isinstance(metadata, Mapping) else None)
     if not model_name:
         raise UsageError('give --model NAME (the checkpoint does not record its model)')
+    request = apply_checkpoint_defaults(request, checkpoint, model_name)
     model_label_space = resolve_label_space(request.class_map, metadata, request.checkpoint, default=None) \
         if (request.class_map or (isinstance(metadata, Mapping) and metadata.get('class_names'))) else None
 
@@ -431,7 +486,7 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
     # 4. the model, once
     model = load_eval_model(model_name, checkpoint, request.checkpoint, model_label_space,
                             num_classes=request.num_classes, pretrained=request.pretrained, use_ema=request.use_ema,
-                            class_list_is_explicit=explicit)
+                            class_list_is_explicit=explicit, model_kwargs=request.model_kwargs)
     del checkpoint
     if request.fuse:
         model = _fuse(model)
