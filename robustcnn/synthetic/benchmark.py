@@ -7,6 +7,7 @@ Layout of the folder (every image a 64 px PNG; ``<class>`` is a shape name)::
     val/<class>/*.png                                 clean validation split, same distribution as train
     corruption/<corruption>/<1..5>/<class>/*.png      ImageNet-C layout: 15 corruptions x 5 severities of val images
     stylized/<class>/*.png                            val shapes wearing another class's texture (Stylized-ImageNet)
+    stylized-texture-labels/<class>/*.png             the same stylized images, foldered by their texture's class
     sketch/<class>/*.png                              val shapes as pencil outlines on paper (ImageNet-Sketch)
     rendition/<class>/*.png                           val shapes as flat cartoons (an ImageNet-R-like rendering)
     manifest.json                                     written last: the folder is complete iff it exists
@@ -43,9 +44,10 @@ from .shapes import SHAPE_NAMES, ShapePlacement, render_mask, render_outline
 from .textures import TEXTURE_NAMES, colorize, smooth_noise, texture_pattern
 
 __all__ = [
-    'FORMAT_VERSION', 'CLASS_NAMES', 'CLASS_TEXTURES', 'SHIFTS', 'SEVERITIES', 'SyntheticConfig', 'SampleSpec',
-    'SyntheticBenchmarkError', 'default_cache_root', 'default_benchmark_dir', 'sample_spec', 'render_sample',
-    'ensure_benchmark', 'generate_benchmark', 'read_manifest',
+    'FORMAT_VERSION', 'CLASS_NAMES', 'CLASS_TEXTURES', 'TEXTURE_CLASSES', 'TEXTURE_LABELLED', 'SHIFTS', 'SEVERITIES',
+    'SyntheticConfig', 'SampleSpec', 'SyntheticBenchmarkError', 'default_cache_root', 'default_benchmark_dir',
+    'sample_spec', 'stylized_spec', 'render_sample', 'corruption_stream', 'ensure_benchmark', 'generate_benchmark',
+    'read_manifest',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ FORMAT_VERSION = 1
 CLASS_NAMES: tuple[str, ...] = SHAPE_NAMES
 # The texture each class wears most of the time (a fixed pairing; any one-to-one pairing asks the same question).
 CLASS_TEXTURES: dict[str, str] = dict(zip(CLASS_NAMES, TEXTURE_NAMES))
+TEXTURE_CLASSES: dict[str, str] = {texture: name for name, texture in CLASS_TEXTURES.items()}
+# The stylized images once more, in folders named after the class whose texture they wear.
+TEXTURE_LABELLED = 'stylized-texture-labels'
 SHIFTS: tuple[str, ...] = ('stylized', 'sketch', 'rendition')
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 MANIFEST_NAME = 'manifest.json'
@@ -271,7 +276,14 @@ def _run_task(config: SyntheticConfig, root: str, task: tuple[str, Any]) -> int:
     for index in range(count):
         spec = sample_spec(config, 'train' if kind == 'train' else 'val', class_index, index)
         if kind == 'stylized':
-            sample = render_sample(stylized_spec(config, spec, class_index, index), size)
+            styled = stylized_spec(config, spec, class_index, index)
+            sample = render_sample(styled, size)
+            # the same image again, labelled with the class whose texture it wears: scoring it measures how often
+            # the model follows the texture (the shape-bias test of Geirhos et al. 2019)
+            texture_class = TEXTURE_CLASSES[styled.foreground_texture]
+            texture_folder = root_path / TEXTURE_LABELLED / texture_class
+            texture_folder.mkdir(parents=True, exist_ok=True)
+            _save_png(sample.image, texture_folder / f'{class_name}_{index:05d}.png')
         elif kind in ('sketch', 'rendition'):
             sample = render_sample(spec, size, kind)
         else:
@@ -290,10 +302,7 @@ def _manifest(config: SyntheticConfig, seconds: float, files: int) -> dict[str, 
         'class_textures': dict(CLASS_TEXTURES),
         'corruptions': list(CORRUPTIONS),
         'severities': list(SEVERITIES),
-        'splits': {
-            'train': 'train', 'val': 'val', 'corruption': 'corruption',
-            **{shift: shift for shift in SHIFTS},
-        },
+        'folders': ['train', 'val', 'corruption', *SHIFTS, TEXTURE_LABELLED],
         'images': files,
         'generation_seconds': round(seconds, 2),
     }
