@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Sequence
 
@@ -78,9 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--pin-mem', action='store_true', help='pin host memory for faster copies to the GPU')
     group.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda', 'xla'),
                        help='xla: every TPU chip of this host (SPMD); auto picks it when PJRT_DEVICE is set')
-    group.add_argument('--amp', action='store_true', help='mixed precision (autocast) with --amp-dtype')
+    group.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
+                       help='mixed precision (autocast) with --amp-dtype (default: on for CUDA, off on CPU)')
     group.add_argument('--amp-dtype', default='bfloat16', choices=list(AMP_DTYPES))
-    group.add_argument('--channels-last', action='store_true')
+    group.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
+                       help='channels-last memory format (default: on for CUDA, off on CPU)')
     group.add_argument('--log-freq', type=int, default=50, help='progress line every N batches')
     group = parser.add_argument_group('output')
     group.add_argument('--results-file', default='', metavar='PATH', help='results as .json, .csv or .md')
@@ -130,7 +133,7 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
         resize_mode=args.resize_mode, img_size=args.img_size, input_size=args.input_size, crop_pct=args.crop_pct,
         interpolation=args.interpolation or None, mean=args.mean, std=args.std, batch_size=args.batch_size,
         workers=args.workers, pin_memory=args.pin_mem, amp_dtype=args.amp_dtype if args.amp else None,
-        channels_last=args.channels_last, fuse=args.fuse, log_freq=args.log_freq,
+        channels_last=bool(args.channels_last), fuse=args.fuse, log_freq=args.log_freq,
         results_file=args.results_file or None, figure=args.figure or None, partial_results=args.partial_results,
         allow_partial=args.allow_partial, extra_corruptions=args.extra_corruptions, clean_error=args.clean_error,
         group_sync_every=args.save_every,
@@ -149,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(runtime.is_main)
     # --batch-size is per device, as in train.py: an XLA host feeds all its chips from one loader
     request.batch_size = runtime.process_batch_size(request.batch_size)
+    # Speed defaults: bf16 autocast and channels-last on CUDA unless --no-amp / --no-channels-last say otherwise.
+    on_cuda = runtime.kind == 'cuda'
+    request = dataclasses.replace(
+        request, amp_dtype=args.amp_dtype if (args.amp if args.amp is not None else on_cuda) else None,
+        channels_last=args.channels_last if args.channels_last is not None else on_cuda)
     with runtime.session():
         payload = run_validation(request, runtime)
     if runtime.is_main:

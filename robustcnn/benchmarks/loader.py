@@ -27,6 +27,16 @@ class EvalBatch(NamedTuple):
     failed_indices: torch.Tensor
 
 
+def _stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack CHW images; those that are views of HWC pixels (PIL decodes) are stacked as HWC and come out as one
+    channels-last batch. Why: torch.stack of permuted uint8 views is a slow strided copy (measured 0.43 s for 32
+    images of 224x224, more than the model's forward), the HWC stack is one plain memcpy per image."""
+    if all(image.dim() == 3 and image.permute(1, 2, 0).is_contiguous() and not image.is_contiguous()
+           for image in images):
+        return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    return torch.stack(list(images))
+
+
 def collate_eval_batch(batch: Sequence[tuple[Any, int, int, int]]) -> EvalBatch:
     kept = [sample for sample in batch if sample[0] is not None]
     failed = torch.tensor([sample[2] for sample in batch if sample[0] is None], dtype=torch.long)
@@ -35,7 +45,7 @@ def collate_eval_batch(batch: Sequence[tuple[Any, int, int, int]]) -> EvalBatch:
         return EvalBatch(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long),
                          torch.empty(0, dtype=torch.long), num_failed, failed)
     try:
-        images = torch.stack([torch.as_tensor(sample[0]) for sample in kept])
+        images = _stack_images([torch.as_tensor(sample[0]) for sample in kept])
     except RuntimeError as error:
         shapes = sorted({tuple(torch.as_tensor(sample[0]).shape) for sample in kept})
         raise UsageError(
