@@ -175,19 +175,25 @@ def build_train_loader(
         num_replicas: int,
         rank: int,
         pin_memory: bool = False,
+        batch_size: int | None = None,
 ) -> DataLoader:
-    """Loader of full batches (``drop_last``) for one process; call ``loader.sampler.set_epoch`` every epoch."""
+    """Loader of full batches (``drop_last``) for one process; call ``loader.sampler.set_epoch`` every epoch.
+
+    ``batch_size`` is the batch this process loads (default ``--batch-size``); an XLA host feeding several chips
+    loads ``--batch-size`` images for each of them.
+    """
+    batch_size = batch_size or args.batch_size
     dataset = ClassFolderDataset(scan_class_folders(train_folder, class_to_index), transform, on_decode_error='replace')
     if len(dataset) == 0:
         raise UsageError(f'{train_folder} holds no image files in its class folders')
     sampler = SeededSampler(dataset, num_replicas, rank, seed=args.seed, aug_repeats=args.aug_repeats)
-    if len(sampler) < args.batch_size:
+    if len(sampler) < batch_size:
         raise UsageError(
             f'{train_folder} gives each of the {num_replicas} process(es) {len(sampler)} samples per epoch, fewer '
-            f'than one --batch-size {args.batch_size}; use a smaller batch size')
+            f'than one batch of {batch_size} (--batch-size {args.batch_size} per device); use a smaller batch size')
     return DataLoader(
         SeededDataset(dataset),
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         sampler=sampler,
         num_workers=args.workers,
         collate_fn=collate_folder_batch,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..faults import kill_point
+from .runtime import IGNORE_TARGET, runtime_inference_mode
 
 __all__ = ['EvalResult', 'GroupCounts', 'evaluate', 'normalize_on_device', 'format_duration']
 
@@ -84,7 +85,7 @@ def _steps_every_process_takes(loader: Any, world_size: int) -> int | None:
     return shortest // batch_size if getattr(loader, 'drop_last', False) else math.ceil(shortest / batch_size)
 
 
-@torch.inference_mode()
+@runtime_inference_mode
 def evaluate(
         model: torch.nn.Module,
         loader: Iterable[Any],
@@ -149,7 +150,9 @@ def evaluate(
     local_images = 0
     step = 0
     try:
-        for step, batch in enumerate(loader, start=1):
+        # XLA pads batches to one shape (padding targets are IGNORE_TARGET) and puts them on the devices
+        batches = runtime.eval_batches(loader) if hasattr(runtime, 'eval_batches') else loader
+        for step, batch in enumerate(batches, start=1):
             images, targets, indices, num_failed = batch[0], batch[1], batch[2], int(batch[3])
             counts[3] += num_failed
             failed_indices = getattr(batch, 'failed_indices', None)
@@ -174,12 +177,13 @@ def evaluate(
                 top1_hits = hits[:, 0]
                 counts[0] += top1_hits.sum()
                 counts[1] += hits.any(dim=1).sum()
-                counts[2] += targets.shape[0]
+                valid = targets.ne(IGNORE_TARGET)
+                counts[2] += valid.sum()
                 local_images += targets.shape[0]
                 if groups is not None:
                     batch_groups = groups[indices.to(device, non_blocking=True)]
                     group_counts[0].index_add_(0, batch_groups, top1_hits.long())
-                    group_counts[1].index_add_(0, batch_groups, torch.ones_like(batch_groups))
+                    group_counts[1].index_add_(0, batch_groups, valid.long())
             if (on_groups_update is not None and sync_limit is not None and step <= sync_limit
                     and step % group_sync_every == 0):
                 on_groups_update(summed_groups())

@@ -1,22 +1,40 @@
 """The one place that knows about devices and processes (cpu / cuda / xla, single or distributed).
 
-Loops call ``runtime.device``, ``runtime.autocast()``, ``runtime.all_reduce_sum()`` and ``runtime.is_main``; they
-never branch on the device kind themselves.
+Loops call ``runtime.device``, ``runtime.prepare_batch()``, ``runtime.autocast()``, ``runtime.step_done()``,
+``runtime.all_reduce_sum()`` and ``runtime.is_main``; they never branch on the device kind themselves.
+
+XLA (TPU VMs and pods) runs in SPMD mode, the data-parallel path torch_xla recommends: each *host* is one process
+that traces one program for the global batch, and the compiler splits that batch over every chip (a 1-D device
+mesh, batch dimension sharded). So on XLA ``rank``/``world_size`` count hosts (the processes that read different
+data), ``devices_per_process`` counts the chips each host feeds, and values computed on the device from the
+sharded batch (loss sums, correct counts) are already totals over the whole job.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
+import logging
+import math
 import os
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 
-__all__ = ['Runtime', 'init_runtime', 'resolve_device_kind', 'AMP_DTYPES']
+__all__ = ['Runtime', 'init_runtime', 'resolve_device_kind', 'AMP_DTYPES', 'IGNORE_TARGET', 'DeviceGroupBatchNorm2d',
+           'xla_compile_count', 'runtime_inference_mode']
+
+_logger = logging.getLogger(__name__)
 
 AMP_DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+# Target of the padding samples that keep XLA evaluation batches one static shape: cross entropy ignores it
+# (PyTorch's default ignore_index) and it never equals a top-k class, so padding is never counted.
+IGNORE_TARGET = -100
+
+XLA_INSTALL_HINT = "pip install torch==2.9.0 torchvision==0.24.0 'torch_xla[tpu]==2.9.0'"
 
 
 def resolve_device_kind(device: str) -> str:
@@ -32,33 +50,151 @@ def resolve_device_kind(device: str) -> str:
     return device
 
 
+class DeviceGroupBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm whose training statistics come from each device's slice of the batch, as on separate GPUs.
+
+    Under SPMD the program sees the global batch, so a plain BatchNorm would normalize over all chips at once
+    (what ``--sync-bn`` does on GPUs). The release trained on a TPU v3-8 with one process per chip, each normalizing
+    its own 128 images; this layer keeps that: the batch is viewed as ``num_groups`` consecutive slices (the same
+    slices the mesh puts on each device, so no communication is needed) and each is normalized by its own
+    statistics. The running statistics move towards the mean of the slices' statistics. Parameters, buffers and
+    evaluation are exactly ``BatchNorm2d``'s, so checkpoints are the same as on any other device.
+    """
+
+    num_groups: int = 1
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        groups = self.num_groups
+        if not self.training or groups <= 1 or input.dim() != 4 or input.shape[0] % groups:
+            return super().forward(input)
+        batch, channels, height, width = input.shape
+        grouped = input.float().reshape(groups, batch // groups, channels, height, width)
+        mean = grouped.mean(dim=(1, 3, 4), keepdim=True)
+        variance = grouped.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+        output = ((grouped - mean) * torch.rsqrt(variance + self.eps)).reshape(batch, channels, height, width)
+        if self.affine:
+            output = output * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                count = batch // groups * height * width
+                momentum = 0.1 if self.momentum is None else self.momentum
+                unbiased = variance * (count / max(count - 1, 1))
+                self.running_mean.mul_(1 - momentum).add_(mean.mean(dim=0).flatten(), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased.mean(dim=0).flatten(), alpha=momentum)
+                self.num_batches_tracked.add_(1)
+        return output.to(input.dtype)
+
+
+def group_batchnorm_by_device(model: torch.nn.Module, num_groups: int) -> torch.nn.Module:
+    """Turn every ``BatchNorm2d`` of ``model`` into a :class:`DeviceGroupBatchNorm2d` (in place, same tensors)."""
+    for module in model.modules():
+        if type(module) is torch.nn.BatchNorm2d:
+            module.__class__ = DeviceGroupBatchNorm2d
+            module.num_groups = num_groups
+    return model
+
+
+def runtime_inference_mode(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for ``f(model, loader, runtime, ...)``: run it under ``runtime.inference_mode()``."""
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        runtime = kwargs.get('runtime', args[2] if len(args) > 2 else None)
+        context = runtime.inference_mode() if hasattr(runtime, 'inference_mode') else torch.inference_mode()
+        with context:
+            return function(*args, **kwargs)
+    return wrapper
+
+
+def xla_compile_count() -> int:
+    """How many XLA graphs this process has compiled so far (0 without torch_xla): the recompilation check."""
+    try:
+        import torch_xla.debug.metrics as metrics
+    except ImportError:
+        return 0
+    data = metrics.metric_data('CompileTime')
+    return int(data[0]) if data else 0
+
+
 @dataclass
 class Runtime:
-    """Where tensors live and how processes talk to each other."""
+    """Where tensors live and how processes talk to each other.
+
+    ``rank``/``world_size`` are the processes that read different shards of the data (GPU processes; XLA hosts).
+    ``devices_per_process`` is how many devices each process feeds (1, or the chips of an XLA host), so the loader
+    batch of a process is ``per-device batch x devices_per_process`` and the job's data-parallel width is
+    ``data_parallel_size``.
+    """
 
     kind: str
     device: torch.device
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    devices_per_process: int = 1
+    spmd: bool = False
+    mesh: Any = field(default=None, repr=False)
+    _sharding_specs: dict[int, Any] = field(default_factory=dict, repr=False)
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Whether a torch.distributed process group connects the processes (never under SPMD: one program)."""
+        return self.world_size > 1 and not self.spmd
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def data_parallel_size(self) -> int:
+        """Devices that each take a slice of the batch: the ``devices`` of ``total batch = batch x devices``."""
+        return self.world_size * self.devices_per_process
+
+    def describe(self) -> str:
+        if self.spmd:
+            return (f'{self.data_parallel_size} {self.kind} devices (SPMD, {self.world_size} host(s) x '
+                    f'{self.devices_per_process})')
+        return f'{self.world_size} processes on {self.kind}' if self.distributed else f'one process on {self.kind}'
+
+    def process_batch_size(self, per_device: int) -> int:
+        """The batch one process loads for ``per_device`` images per device."""
+        return per_device * self.devices_per_process
+
+    def global_count(self, count: int) -> int:
+        """A number of samples the loop saw on its device tensors, as a count over the whole job.
+
+        Processes with their own batches multiply by their number; under SPMD the loop already sees the global
+        batch.
+        """
+        return count if self.spmd else count * self.world_size
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+        elif self.spmd:
+            self.step_done()
+            if self.world_size > 1:
+                import torch_xla.core.xla_model as xm
+                xm.rendezvous('robustcnn-barrier')
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum ``tensor`` over all processes (in place) and return it."""
+        """Sum ``tensor`` over all processes (in place) and return it.
+
+        Under SPMD a device tensor computed from the sharded batch already holds the job's total, so it is returned
+        as it is.
+        """
         if self.distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
+
+    def check_amp_dtype(self, amp_dtype: torch.dtype | None) -> None:
+        """XLA has no float16 gradient scaler; TPUs compute in bfloat16 natively."""
+        if self.kind == 'xla' and amp_dtype == torch.float16:
+            raise ValueError('--amp-dtype float16 is not supported on XLA devices; use --amp-dtype bfloat16')
+
+    def inference_mode(self) -> contextlib.AbstractContextManager:
+        """No autograd for evaluation: ``torch.inference_mode`` where the device supports it (XLA tensors cannot be
+        inference tensors, so there it is ``torch.no_grad``)."""
+        return torch.no_grad() if self.kind == 'xla' else torch.inference_mode()
 
     def autocast(self, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
         """Autocast on this device, or a no-op when ``amp_dtype`` is None."""
@@ -66,10 +202,145 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.kind, dtype=amp_dtype)
 
+    def configure_batchnorm(self, model: torch.nn.Module, sync_bn: bool) -> torch.nn.Module:
+        """Apply ``--sync-bn`` (statistics over the global batch) or keep per-device statistics (the default).
+
+        GPUs: SyncBatchNorm when asked for. XLA/SPMD: the compiled program sees the global batch, so per-device
+        statistics need :class:`DeviceGroupBatchNorm2d` and ``--sync-bn`` is plain BatchNorm.
+        """
+        if self.spmd:
+            if not sync_bn and self.data_parallel_size > 1:
+                return group_batchnorm_by_device(model, self.data_parallel_size)
+            return model
+        if sync_bn and self.distributed:
+            if self.kind != 'cuda':
+                raise ValueError(f'--sync-bn needs CUDA GPUs (PyTorch has no SyncBatchNorm on {self.kind})')
+            return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if sync_bn:
+            _logger.info('--sync-bn has no effect in a single process')
+        return model
+
+    def seed_device(self, seed: int) -> None:
+        """Seed the device's own generator (drop path, dropout): torch.manual_seed covers CPU and CUDA only."""
+        if self.kind == 'xla':
+            import torch_xla.core.xla_model as xm
+            xm.set_rng_state(seed % (2 ** 63), str(self.device))
+
+    def _xla_put(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Copy a host batch tensor to the XLA devices, split on its first dimension over the mesh.
+
+        Each host gives its own slice (``minibatch``): the global tensor is the hosts' slices one after another.
+        """
+        import torch_xla.core.xla_model as xm
+        import torch_xla.distributed.spmd as xs
+        if tensor.dim() == 0:
+            return tensor.to(self.device)
+        spec = self._sharding_specs.get(tensor.dim())
+        if spec is None:
+            spec = xs.ShardingSpec(self.mesh, ('data',) + (None,) * (tensor.dim() - 1), minibatch=True)
+            self._sharding_specs[tensor.dim()] = spec
+        return xm.send_cpu_data_to_device([tensor], self.device, spec)[0]
+
+    def prepare_batch(self, images: torch.Tensor, targets: torch.Tensor,
+                      transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
+                      = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move a loader batch to the device (sharded over the mesh on XLA) and apply ``transform`` (mixup).
+
+        On GPUs mixup runs on the device after the copy. On XLA it runs on the host first: CutMix pastes a box of
+        random size, and a new shape on the device would be a new compiled graph at every step.
+        """
+        if self.spmd:
+            if transform is not None:
+                images, targets = transform(images, targets)
+            return self._xla_put(images), self._xla_put(targets)
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if transform is not None:
+            images, targets = transform(images, targets)
+        return images, targets
+
+    def step_done(self) -> None:
+        """End of one step's work: XLA compiles (once) and runs the traced graph here; elsewhere nothing happens.
+
+        Cutting every step at the same place keeps one graph per kind of step, and later ``.item()`` calls only
+        read finished values instead of compiling partial graphs.
+        """
+        if self.kind == 'xla':
+            import torch_xla
+            torch_xla.sync()
+
+    def eval_batches(self, loader: Iterable[Any]) -> Iterable[Any]:
+        """The evaluation loader as the device needs it.
+
+        XLA compiles a graph per input shape, so every batch is padded to the loader's batch size (padding targets
+        are :data:`IGNORE_TARGET`, never counted) and moved to the devices here; with several hosts, a host whose
+        unpadded shard is shorter adds all-padding batches so every host runs the same number of steps (SPMD
+        programs run in lockstep). Other devices get the loader unchanged.
+        """
+        if not self.spmd:
+            return loader
+        return self._padded_eval_batches(loader)
+
+    def _padded_eval_batches(self, loader: Iterable[Any]) -> Iterator[Any]:
+        loader_batch = getattr(loader, 'batch_size', None)
+        sampler = getattr(loader, 'sampler', None)
+        steps_needed = 0
+        if loader_batch and sampler is not None and hasattr(sampler, 'shard_length'):
+            steps_needed = max(math.ceil(sampler.shard_length(rank) / loader_batch) for rank in range(self.world_size))
+        template: torch.Tensor | None = None
+        size = 0
+        steps = 0
+        self.step_done()  # the caller's fresh accumulators become device data: the first step compiles like the rest
+        for batch in loader:
+            images, targets, indices = batch[0], batch[1], batch[2]
+            if images.numel() > 0:
+                template = images[:1]
+            steps += 1
+            if template is None:
+                yield batch  # nothing decoded yet: nothing to run and no shape to pad to
+                continue
+            size = size or _round_up(loader_batch or targets.shape[0], self.devices_per_process)
+            padded = self._pad(images, targets, indices, template, size)
+            yield batch._replace(images=padded[0], targets=padded[1], indices=padded[2]) \
+                if hasattr(batch, '_replace') else (*padded, *batch[3:])
+            self.step_done()
+        while steps < steps_needed and template is not None:
+            from ..data.folder import FolderBatch
+            empty = torch.empty((0,), dtype=torch.long)
+            padded = self._pad(template[:0], empty, empty, template, size)
+            steps += 1
+            yield FolderBatch(padded[0], padded[1], padded[2], 0)
+            self.step_done()
+
+    def _pad(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, template: torch.Tensor,
+             size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        missing = size - targets.shape[0]
+        if missing > 0:
+            if images.numel() == 0:
+                images = template[:0]
+            images = torch.cat([images, template.new_zeros((missing, *template.shape[1:]))])
+            targets = torch.cat([targets, torch.full((missing,), IGNORE_TARGET, dtype=targets.dtype)])
+            indices = torch.cat([indices, torch.zeros(missing, dtype=indices.dtype)])
+        return self._xla_put(images), self._xla_put(targets), self._xla_put(indices)
+
+    def host_state(self, value: Any) -> Any:
+        """A checkpoint's content with every tensor on the CPU, so it loads anywhere (GPU, CPU, XLA alike).
+
+        On XLA the pending graph runs first, so the values are those of the finished step. Elsewhere the value is
+        returned unchanged (torch.save keeps the device, and loading maps it to the CPU).
+        """
+        if self.kind != 'xla':
+            return value
+        self.step_done()
+        return _to_cpu(value)
+
     def synchronize(self) -> None:
         """Wait for queued device work (for honest timings)."""
         if self.kind == 'cuda':
             torch.cuda.synchronize(self.device)
+        elif self.kind == 'xla':
+            import torch_xla.core.xla_model as xm
+            xm.wait_device_ops()
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
@@ -83,6 +354,53 @@ class Runtime:
             self.close()
 
 
+def _round_up(value: int, multiple: int) -> int:
+    return math.ceil(value / multiple) * multiple
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_to_cpu(item) for item in value)
+    return value
+
+
+def _init_xla_runtime() -> Runtime:
+    """SPMD over every device of the job: one process per host, the batch split over a 1-D mesh of all chips."""
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        raise RuntimeError('--device xla runs one process per host (SPMD over its chips): start it with python3, '
+                           'not torchrun (see TRAIN.md, TPU section)')
+    try:
+        import numpy as np
+        import torch_xla
+        import torch_xla.distributed.spmd as xs
+        import torch_xla.runtime as xr
+    except ImportError as error:
+        raise RuntimeError(f'--device xla needs torch_xla ({error}); install it with: {XLA_INSTALL_HINT}') from None
+    if not os.environ.get('PJRT_DEVICE'):
+        os.environ['PJRT_DEVICE'] = 'TPU'
+    # 0 and 1 would otherwise be baked into graphs as constants: the first two batches of every epoch (and any
+    # scalar that happens to be 0 or 1) would compile graphs of their own
+    os.environ.setdefault('XLA_NO_SPECIAL_SCALARS', '1')
+    if not xr.is_spmd():
+        xr.use_spmd()
+    num_devices = xr.global_runtime_device_count()
+    mesh = xs.Mesh(np.arange(num_devices), (num_devices,), ('data',))
+    world_size = xr.process_count()
+    devices_per_process = num_devices // max(world_size, 1)
+    expected = os.environ.get('ROBUSTCNN_XLA_NUM_DEVICES')  # scripts/launch_xla.py --num-devices
+    if expected and int(expected) != devices_per_process:
+        raise RuntimeError(f'--num-devices {expected} was asked for but this host has {devices_per_process} XLA '
+                           f'devices ({xr.device_type()}); pass --num-devices {devices_per_process} or leave it out')
+    return Runtime(kind='xla', device=torch_xla.device(), rank=xr.process_index(), world_size=world_size,
+                   local_rank=0, devices_per_process=devices_per_process, spmd=True, mesh=mesh)
+
+
 def init_runtime(device: str = 'auto', timeout_minutes: float = 30.0) -> Runtime:
     """Create the runtime; joins the process group when launched by torchrun (``WORLD_SIZE`` > 1).
 
@@ -91,7 +409,7 @@ def init_runtime(device: str = 'auto', timeout_minutes: float = 30.0) -> Runtime
     """
     kind = resolve_device_kind(device)
     if kind == 'xla':
-        raise RuntimeError('--device xla needs torch_xla; see TRAIN.md (TPU section)')
+        return _init_xla_runtime()
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))

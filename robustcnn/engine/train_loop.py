@@ -59,13 +59,14 @@ def _maybe_kill_self(num_updates: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def seed_step(seed: int, epoch: int, batch_index: int, rank: int) -> None:
-    """Seed python/numpy/torch for one micro-batch: a pure function of where the run is."""
+def seed_step(seed: int, epoch: int, batch_index: int, rank: int) -> int:
+    """Seed python/numpy/torch for one micro-batch: a pure function of where the run is; returns the seed."""
     state = np.random.SeedSequence([seed, epoch, batch_index, rank, 7]).generate_state(2, dtype=np.uint32)
     value = (int(state[0]) << 32 | int(state[1])) >> 1
     random.seed(value)
     np.random.seed(int(state[0]))
     torch.manual_seed(value)
+    return value
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -156,18 +157,16 @@ def train_one_epoch(
                 f'without saving. Lower --lr, add --clip-grad, or use --amp-dtype bfloat16; then --resume auto '
                 f'continues from the last good checkpoint', epoch=epoch, batch_index=first)
 
+    runtime.step_done()  # XLA: the fresh accumulators become device data, so the first step compiles like the rest
     batch_index = start_batch - 1
     wait_start = time.perf_counter()
     for batch_index, batch in enumerate(loader, start=start_batch):
         data_seconds += time.perf_counter() - wait_start
-        images = batch.images.to(device, non_blocking=True)
-        targets = batch.targets.to(device, non_blocking=True)
         failed_images += batch.num_failed
+        runtime.seed_device(seed_step(seed, epoch, batch_index, runtime.rank))
+        images, targets = runtime.prepare_batch(batch.images, batch.targets, transform=mixup)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        seed_step(seed, epoch, batch_index, runtime.rank)
-        if mixup is not None:
-            images, targets = mixup(images, targets)
 
         group_start = (batch_index // accum_steps) * accum_steps
         group_size = min(accum_steps, num_batches - group_start)
@@ -206,13 +205,15 @@ def train_one_epoch(
                 model_ema.update(unwrap_model(model), step=num_updates)
             if scheduler is not None:
                 scheduler.step_update(num_updates=num_updates)
+        runtime.step_done()  # XLA: the step's graph ends here, before any value is read below
 
+        if is_update:
             update_in_epoch = batch_index // accum_steps + 1
             if update_in_epoch % log_interval == 0 or update_in_epoch == updates_per_epoch:
                 check_finite()
                 runtime.synchronize()
                 now = time.perf_counter()
-                rate = interval_samples * runtime.world_size / max(now - interval_time, 1e-9)
+                rate = runtime.global_count(interval_samples) / max(now - interval_time, 1e-9)
                 remaining = (num_batches - batch_index - 1) * (now - start_time) / max(batch_index + 1 - start_batch, 1)
                 _logger.info(
                     'Train: %d [%d/%d (%.0f%%)] loss %.4f (%.4f) lr %.3e %.1f img/s data %.3fs ETA %s',

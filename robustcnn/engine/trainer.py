@@ -189,9 +189,7 @@ class _Trainer:
         if runtime.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(runtime.is_main, self.run_dir / 'train.log' if runtime.is_main else None)
-        _logger.info('run folder %s; %s', self.run_dir,
-                     f'{runtime.world_size} processes on {runtime.kind}' if runtime.distributed
-                     else f'one process on {runtime.kind}')
+        _logger.info('run folder %s; %s', self.run_dir, runtime.describe())
 
         # 3. model (same initial weights on every process: seeded identically)
         torch.manual_seed(args.seed)
@@ -204,12 +202,10 @@ class _Trainer:
         model.to(runtime.device)
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
-        if args.sync_bn and runtime.distributed:
-            if runtime.kind != 'cuda':
-                raise UsageError(f'--sync-bn needs CUDA GPUs (PyTorch has no SyncBatchNorm on {runtime.kind})')
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif args.sync_bn:
-            _logger.info('--sync-bn has no effect in a single process')
+        try:
+            model = runtime.configure_batchnorm(model, sync_bn=args.sync_bn)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         self.model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
         _logger.info('model %s: %.2f M parameters, %d classes, input %s', args.model,
                      sum(p.numel() for p in model.parameters()) / 1e6, num_classes, self.data_config['input_size'])
@@ -218,25 +214,30 @@ class _Trainer:
         from ..data.transforms import build_eval_transform, resolve_eval_preprocessing
         self.train_loader = build_train_loader(
             args, self.train_folder, self.class_to_index, build_train_transform(args, self.data_config),
-            num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=args.pin_mem)
+            num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=args.pin_mem,
+            batch_size=runtime.process_batch_size(args.batch_size))
         self.eval_preprocessing = resolve_eval_preprocessing(
             model, 'resize_center_crop', img_size=args.img_size, input_size=args.input_size, crop_pct=args.crop_pct,
             interpolation=args.interpolation, mean=args.mean, std=args.std)
         self.eval_loader = build_eval_loader(
             self.val_folder, self.class_to_index, build_eval_transform(self.eval_preprocessing),
-            batch_size=args.validation_batch_size or args.batch_size, workers=args.workers,
+            batch_size=runtime.process_batch_size(args.validation_batch_size or args.batch_size), workers=args.workers,
             num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=args.pin_mem)
-        self.num_batches = self.train_loader.sampler.full_length() // args.batch_size
+        self.num_batches = self.train_loader.sampler.full_length() // self.train_loader.batch_size
         self.updates_per_epoch = math.ceil(self.num_batches / args.grad_accum_steps)
 
         # 5. recipe
-        self.recipe = build_recipe(args, model, num_classes, runtime.world_size, self.updates_per_epoch)
+        self.recipe = build_recipe(args, model, num_classes, runtime.data_parallel_size, self.updates_per_epoch)
         self.amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
+        try:
+            runtime.check_amp_dtype(self.amp_dtype)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         self.scaler = torch.amp.GradScaler(runtime.kind) if self.amp_dtype == torch.float16 else None
-        _logger.info('recipe: %s lr %.3e (total batch %d = %d x %d processes x %d accumulation steps), '
+        _logger.info('recipe: %s lr %.3e (total batch %d = %d x %d devices x %d accumulation steps), '
                      '%s schedule over %d epochs, %d batches and %d updates per epoch',
                      args.opt, self.recipe.learning_rate, self.recipe.total_batch_size, args.batch_size,
-                     runtime.world_size, args.grad_accum_steps, args.sched, self.recipe.num_epochs,
+                     runtime.data_parallel_size, args.grad_accum_steps, args.sched, self.recipe.num_epochs,
                      self.num_batches, self.updates_per_epoch)
 
         # 6. resume
@@ -299,7 +300,7 @@ class _Trainer:
             'std': [float(value) for value in self.eval_preprocessing.std],
             'total_batch_size': self.recipe.total_batch_size,
             'learning_rate': self.recipe.learning_rate,
-            'world_size': self.runtime.world_size,
+            'world_size': self.runtime.data_parallel_size,
         }
 
     def checkpoint(self, epoch: int, num_updates: int, epoch_complete: bool, batch_in_epoch: int,
@@ -326,7 +327,7 @@ class _Trainer:
             checkpoint['metrics'] = dict(metrics)
         if epoch_totals:
             checkpoint['epoch_totals'] = dict(epoch_totals)
-        return checkpoint
+        return self.runtime.host_state(checkpoint)
 
     def validate(self, model: torch.nn.Module, description: str) -> Any:
         """Evaluate the unwrapped model with process 0's buffers, i.e. exactly the weights the checkpoint holds.
@@ -367,11 +368,12 @@ class _Trainer:
         for epoch in range(self.resume.epoch, recipe.num_epochs):
             sampler.set_epoch(epoch)
             if start_batch:
-                sampler.set_start(start_batch, args.batch_size)
+                sampler.set_start(start_batch, self.train_loader.batch_size)
             if recipe.mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
                 recipe.mixup.mixup_enabled = False
 
             def save_recovery(batch_in_epoch: int, updates: int, totals: dict[str, float], epoch: int = epoch) -> None:
+                runtime.step_done()
                 if runtime.is_main:
                     checkpoint = self.checkpoint(epoch, updates, False, batch_in_epoch, epoch_totals=totals)
                     path = self.saver.save_recovery(checkpoint, epoch, batch_in_epoch)
@@ -412,6 +414,7 @@ class _Trainer:
             # per-epoch schedules move to the next epoch (plateau looks at the metric)
             recipe.scheduler.step(epoch + 1, metrics[args.eval_metric])
 
+            runtime.step_done()  # XLA: every host finishes the pending graph before the main one reads weights
             if runtime.is_main:
                 self.summary_rows.append(row)
                 _write_summary(self.run_dir / 'summary.csv', self.summary_rows, self.summary_columns)
