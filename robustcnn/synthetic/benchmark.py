@@ -284,6 +284,7 @@ def _run_task(config: SyntheticConfig, root: str, task: tuple[str, Any]) -> int:
             texture_folder = root_path / TEXTURE_LABELLED / texture_class
             texture_folder.mkdir(parents=True, exist_ok=True)
             _save_png(sample.image, texture_folder / f'{class_name}_{index:05d}.png')
+            written += 1
         elif kind in ('sketch', 'rendition'):
             sample = render_sample(spec, size, kind)
         else:

@@ -182,11 +182,14 @@ def frost(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndar
 
 
 def fog(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """ImageNet-C's fog: add a fractal haze, then rescale so the brightest value is kept."""
-    strength, decay = ((1.5, 2.0), (2.0, 2.0), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4))[severity - 1]
+    """ImageNet-C's fog: add a fractal haze, then rescale so the brightest value is kept.
+
+    ImageNet-C also roughens the haze with the severity; here the haze of an image is fixed and only its strength
+    grows, so every pixel moves monotonically towards the haze (distance ``s / (top + s)`` of the way).
+    """
+    strength = (0.8, 1.2, 1.7, 2.3, 3.0)[severity - 1]
     top = image.max()
-    # the octaves are the same draws at every severity; the decay only changes how they are mixed
-    haze = _fractal_noise(image.shape[0], rng, decay)[..., None]
+    haze = _fractal_noise(image.shape[0], rng, 1.6)[..., None]
     return (image + strength * haze) * top / (top + strength)
 
 

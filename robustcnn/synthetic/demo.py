@@ -77,6 +77,14 @@ def default_model_kwargs(model: str, image_size: int) -> dict[str, Any]:
     return {}
 
 
+def _loader_workers(options: DemoOptions) -> int:
+    """One loader process on a 2-core machine: the model's threads need the cores more than 64 px decoding does."""
+    if options.workers is not None:
+        return options.workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    return 1 if cores <= 2 else 2
+
+
 def training_flags(options: DemoOptions, data_dir: Path, experiment: str) -> list[str]:
     """train.py's flags for the demo: the DeiT recipe with every component on, scaled down to a CPU and 64 px.
 
@@ -87,7 +95,7 @@ def training_flags(options: DemoOptions, data_dir: Path, experiment: str) -> lis
     image_size = options.benchmark.image_size
     kwargs = default_model_kwargs(options.model, image_size) if options.model_kwargs is None \
         else dict(options.model_kwargs)
-    workers = options.workers if options.workers is not None else min(2, os.cpu_count() or 1)
+    workers = _loader_workers(options)
     flags = [
         str(data_dir), '--model', options.model, '--img-size', str(image_size), '--crop-pct', '1.0',
         '--device', 'cpu', '--batch-size', str(options.batch_size), '--workers', str(workers),
@@ -123,7 +131,7 @@ def _evaluate(options: DemoOptions, data_dir: Path, checkpoint: Path) -> dict[st
     from ..benchmarks.runner import ValidationRequest, run_validation
     from ..engine.runtime import init_runtime
 
-    workers = options.workers if options.workers is not None else min(2, os.cpu_count() or 1)
+    workers = _loader_workers(options)
     common = dict(checkpoint=str(checkpoint), batch_size=256, workers=workers, log_freq=0)
     suite = {key: data_dir / folder for key, benchmark, folder, _ in DATASETS if benchmark != 'folder'}
     runtime = init_runtime('cpu')
@@ -219,14 +227,19 @@ def run_demo(options: DemoOptions) -> DemoOutcome:
     from ..report import results_to_json, write_figure
 
     started = time.perf_counter()
-    data_dir = Path(options.data_dir) if options.data_dir else default_benchmark_dir(options.benchmark)
-    ensure_benchmark(options.benchmark, data_dir, workers=options.workers)
-    generated = time.perf_counter()
-
     experiment = f'{options.model.replace("/", "_")}-seed{options.seed}'
     run_dir = Path(options.output) / experiment
     if (run_dir / 'last.pth.tar').exists() or (run_dir / 'args.yaml').exists():
         raise UsageError(f'{run_dir} already holds a run; remove it or pass another --output')
+    import timm
+    import robustcnn  # noqa: F401  (registers the robust_resnet_* models)
+    if not timm.is_model(options.model):
+        raise UsageError(f'unknown --model {options.model!r}; see timm.list_models()')
+
+    data_dir = Path(options.data_dir) if options.data_dir else default_benchmark_dir(options.benchmark)
+    ensure_benchmark(options.benchmark, data_dir, workers=options.workers)
+    generated = time.perf_counter()
+
     checkpoint, training = _train(options, data_dir, experiment)
     trained = time.perf_counter()
 

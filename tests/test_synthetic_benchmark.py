@@ -1,0 +1,187 @@
+"""The synthetic benchmark generator: determinism, the real datasets' layouts, corruption severities, shape as the
+label, texture as a tempting but unreliable cue, and generation that is atomic and cached."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from robustcnn.benchmarks import get_benchmark
+from robustcnn.benchmarks.imagenet_c import CORRUPTIONS, SEVERITIES
+from robustcnn.data.label_space import LabelSpace
+from robustcnn.synthetic import benchmark as synthetic
+from robustcnn.synthetic.benchmark import (CLASS_NAMES, CLASS_TEXTURES, TEXTURE_CLASSES, TEXTURE_LABELLED,
+                                           SyntheticBenchmarkError, SyntheticConfig, corruption_stream,
+                                           ensure_benchmark, render_sample, sample_spec, stylized_spec)
+from robustcnn.synthetic.corruptions import corrupt
+from robustcnn.synthetic.shapes import render_outline
+
+TINY = SyntheticConfig(seed=3, train_per_class=2, val_per_class=2, shift_per_class=1, corruption_per_class=1)
+LABELS = LabelSpace(CLASS_NAMES, 'synthetic classes')
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every image under ``root`` by relative path (the manifest's timing is allowed to differ)."""
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob('*.png'))}
+
+
+@pytest.fixture(scope='module')
+def tiny_root(tmp_path_factory) -> Path:
+    return ensure_benchmark(TINY, tmp_path_factory.mktemp('synthetic') / 'bench', workers=2)
+
+
+def test_same_seed_same_bytes_whatever_the_worker_count(tiny_root: Path, tmp_path: Path) -> None:
+    again = ensure_benchmark(TINY, tmp_path / 'again', workers=1)
+    first, second = tree_hashes(tiny_root), tree_hashes(again)
+    assert len(first) == 10 * (2 + 2 + 3 * 1 + 1) + 75 * 10
+    assert first == second
+    other_seed = SyntheticConfig(seed=4, train_per_class=2, val_per_class=2, shift_per_class=1,
+                                 corruption_per_class=1)
+    for split in ('train', 'val'):
+        image = np.asarray(Image.open(tiny_root / split / 'star' / 'star_00001.png'))
+        np.testing.assert_array_equal(image, render_sample(sample_spec(TINY, split, 8, 1), 64).image)
+        assert not np.array_equal(image, render_sample(sample_spec(other_seed, split, 8, 1), 64).image)
+
+
+def test_layouts_are_the_real_datasets(tiny_root: Path) -> None:
+    """The folders are read by the very benchmark code that reads ImageNet, Stylized-ImageNet, ImageNet-C..."""
+    for split in ('train', 'val', 'stylized', 'sketch', 'rendition'):
+        assert sorted(entry.name for entry in (tiny_root / split).iterdir()) == sorted(CLASS_NAMES)
+    assert {entry.name for entry in (tiny_root / TEXTURE_LABELLED).iterdir()} <= set(CLASS_NAMES)
+    imagenet = get_benchmark('imagenet').prepare(tiny_root, LABELS)  # finds val/ inside, like ImageNet
+    assert imagenet.root == tiny_root / 'val' and len(imagenet.samples) == 20
+    assert {label for _, label in imagenet.samples} == set(range(10))
+    for name, folder in (('stylized-imagenet', 'stylized'), ('imagenet-sketch', 'sketch'), ('folder', 'rendition')):
+        prepared = get_benchmark(name).prepare(tiny_root / folder, LABELS)
+        assert len(prepared.samples) == 10
+        for path, label in prepared.samples:  # the label is the shape, and the folder says so
+            assert Path(path).parent.name == CLASS_NAMES[label] and Path(path).name.startswith(CLASS_NAMES[label])
+    corruption = get_benchmark('imagenet-c').prepare(tiny_root / 'corruption', LABELS)
+    assert corruption.notes['missing_groups'] == []
+    assert corruption.group_names == [f'{name}/{severity}' for name in CORRUPTIONS for severity in SEVERITIES]
+    assert set(corruption.group_sizes) == {10}
+    manifest = json.loads((tiny_root / 'manifest.json').read_text())
+    assert manifest['config'] == TINY.as_dict() and manifest['class_names'] == list(CLASS_NAMES)
+    assert manifest['images'] == len(tree_hashes(tiny_root))
+    with Image.open(tiny_root / 'train' / 'star' / 'star_00000.png') as image:
+        assert image.size == (64, 64) and image.mode == 'RGB'
+
+
+def test_corrupted_images_are_the_val_images(tiny_root: Path) -> None:
+    clean = np.asarray(Image.open(tiny_root / 'val' / 'ring' / 'ring_00000.png'), dtype=np.float64)
+    mild = np.asarray(Image.open(tiny_root / 'corruption' / 'brightness' / '1' / 'ring' / 'ring_00000.png'),
+                      dtype=np.float64)
+    assert 0 < np.abs(mild - clean).mean() < 40
+
+
+@pytest.mark.parametrize('corruption', CORRUPTIONS)
+def test_severity_moves_further_from_the_clean_image(corruption: str) -> None:
+    """Mean absolute difference from the clean image grows strictly with the severity (over a few images)."""
+    config = SyntheticConfig()
+    distances = np.zeros(len(SEVERITIES))
+    for class_index in range(0, 10, 2):
+        clean = render_sample(sample_spec(config, 'val', class_index, 0), config.image_size).image
+        for position, severity in enumerate(SEVERITIES):
+            corrupted = corrupt(clean, corruption, severity, corruption_stream(config, corruption, class_index, 0))
+            assert corrupted.shape == clean.shape and corrupted.dtype == np.uint8
+            distances[position] += np.abs(corrupted.astype(np.float64) - clean).mean()
+    assert np.all(np.diff(distances) > 0), f'{corruption}: distances by severity {distances.round(2)}'
+    assert distances[0] > 0
+
+
+def test_shape_is_the_label_in_every_rendering() -> None:
+    """Shifted renderings keep the val image's mask; the sketch's ink lies on that mask's outline."""
+    config = SyntheticConfig()
+    for class_index in range(10):
+        spec = sample_spec(config, 'val', class_index, 1)
+        clean = render_sample(spec, 64)
+        styled_spec = stylized_spec(config, spec, class_index, 1)
+        for rendered in (render_sample(styled_spec, 64), render_sample(spec, 64, 'sketch'),
+                         render_sample(spec, 64, 'rendition')):
+            np.testing.assert_array_equal(rendered.mask, clean.mask)
+        assert styled_spec.placement == spec.placement
+        assert styled_spec.foreground_texture != CLASS_TEXTURES[CLASS_NAMES[class_index]]
+        sketch = render_sample(spec, 64, 'sketch').image.astype(np.float64).mean(axis=2)
+        ink = sketch < 180
+        band = render_outline(spec.placement, 64, width=4.0) > 0
+        assert ink.sum() > 20
+        assert (ink & band).sum() >= 0.95 * ink.sum()
+        inside = clean.mask > 0.99
+        assert not np.array_equal(render_sample(styled_spec, 64).image[inside], clean.image[inside])
+
+
+def test_texture_is_tempting_but_unreliable() -> None:
+    config = SyntheticConfig()
+    typical = [sample_spec(config, 'train', class_index, index).foreground_texture ==
+               CLASS_TEXTURES[CLASS_NAMES[class_index]] for class_index in range(10) for index in range(200)]
+    assert 0.76 < np.mean(typical) < 0.84
+    never = SyntheticConfig(texture_correlation=0.0)
+    assert not any(sample_spec(never, 'train', class_index, index).foreground_texture ==
+                   CLASS_TEXTURES[CLASS_NAMES[class_index]] for class_index in range(10) for index in range(50))
+
+
+def test_texture_labelled_copy_names_the_texture_class(tiny_root: Path) -> None:
+    for class_index, class_name in enumerate(CLASS_NAMES):
+        spec = stylized_spec(TINY, sample_spec(TINY, 'val', class_index, 0), class_index, 0)
+        texture_class = TEXTURE_CLASSES[spec.foreground_texture]
+        copy = tiny_root / TEXTURE_LABELLED / texture_class / f'{class_name}_00000.png'
+        assert copy.read_bytes() == (tiny_root / 'stylized' / class_name / f'{class_name}_00000.png').read_bytes()
+        assert texture_class != class_name
+
+
+def test_cached_folder_is_reused_and_foreign_folders_refused(tiny_root: Path, tmp_path: Path) -> None:
+    before = (tiny_root / 'manifest.json').stat().st_mtime_ns
+    assert ensure_benchmark(TINY, tiny_root) == tiny_root
+    assert (tiny_root / 'manifest.json').stat().st_mtime_ns == before
+    with pytest.raises(SyntheticBenchmarkError, match='another version/configuration'):
+        ensure_benchmark(SyntheticConfig(seed=9, train_per_class=2, val_per_class=2, shift_per_class=1,
+                                         corruption_per_class=1), tiny_root)
+    incomplete = tmp_path / 'incomplete'
+    (incomplete / 'train').mkdir(parents=True)
+    with pytest.raises(SyntheticBenchmarkError, match='not a complete'):
+        ensure_benchmark(TINY, incomplete)
+
+
+def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+    real_task = synthetic._run_task
+
+    def failing_task(config, root, task):
+        calls.append(task)
+        if len(calls) == 5:
+            raise KeyboardInterrupt('simulated interruption')
+        return real_task(config, root, task)
+
+    monkeypatch.setattr(synthetic, '_run_task', failing_task)
+    target = tmp_path / 'bench'
+    with pytest.raises(KeyboardInterrupt):
+        ensure_benchmark(TINY, target, workers=1)
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # the partial folder is removed too
+
+
+def test_partial_folder_of_a_killed_generation_is_cleaned_up(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(synthetic, '_run_task', lambda config, root, task: 0)  # only the bookkeeping is tested
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    leftover = tmp_path / f'.bench.partial-{int(dead.stdout)}-123'
+    (leftover / 'train' / 'star').mkdir(parents=True)
+    root = ensure_benchmark(TINY, tmp_path / 'bench', workers=1)
+    assert not leftover.exists()
+    assert (root / 'manifest.json').is_file()
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ['bench']
+
+
+def test_default_folder_name_and_cache_root(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv('ROBUSTCNN_CACHE', str(tmp_path))
+    assert synthetic.default_benchmark_dir(SyntheticConfig(seed=2)) == tmp_path / 'synthetic-v1-seed2'
+    name = TINY.folder_name()
+    assert name.startswith('synthetic-v1-seed3-') and name != SyntheticConfig(seed=3).folder_name()
+    with pytest.raises(ValueError, match='cannot exceed'):
+        SyntheticConfig(val_per_class=2, shift_per_class=3)
