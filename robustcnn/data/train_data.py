@@ -176,13 +176,15 @@ def build_train_loader(
         rank: int,
         pin_memory: bool = False,
         batch_size: int | None = None,
+        workers: int | None = None,
 ) -> DataLoader:
     """Loader of full batches (``drop_last``) for one process; call ``loader.sampler.set_epoch`` every epoch.
 
     ``batch_size`` is the batch this process loads (default ``--batch-size``); an XLA host feeding several chips
-    loads ``--batch-size`` images for each of them.
+    loads ``--batch-size`` images for each of them (and runs ``--workers`` loader processes for each: ``workers``).
     """
     batch_size = batch_size or args.batch_size
+    workers = args.workers if workers is None else workers
     dataset = ClassFolderDataset(scan_class_folders(train_folder, class_to_index), transform, on_decode_error='replace')
     if len(dataset) == 0:
         raise UsageError(f'{train_folder} holds no image files in its class folders')
@@ -195,11 +197,11 @@ def build_train_loader(
         SeededDataset(dataset),
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=args.workers,
+        num_workers=workers,
         collate_fn=collate_folder_batch,
         pin_memory=pin_memory,
         drop_last=True,
-        persistent_workers=args.workers > 0,
+        persistent_workers=workers > 0,
         # The sampler supplies every seed; a fixed generator keeps DataLoader from drawing on the global RNG.
         generator=torch.Generator().manual_seed(args.seed),
     )

@@ -215,7 +215,8 @@ class _Trainer:
         self.train_loader = build_train_loader(
             args, self.train_folder, self.class_to_index, build_train_transform(args, self.data_config),
             num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=args.pin_mem,
-            batch_size=runtime.process_batch_size(args.batch_size))
+            batch_size=runtime.process_batch_size(args.batch_size),
+            workers=runtime.process_batch_size(args.workers))  # --workers is per device, like --batch-size
         self.eval_preprocessing = resolve_eval_preprocessing(
             model, 'resize_center_crop', img_size=args.img_size, input_size=args.input_size, crop_pct=args.crop_pct,
             interpolation=args.interpolation, mean=args.mean, std=args.std)
