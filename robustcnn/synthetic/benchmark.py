@@ -143,7 +143,10 @@ def _hsv(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
     return int(round(red * 255)), int(round(green * 255)), int(round(blue * 255))
 
 
-def _color_pair(rng: np.random.Generator, hue: float, contrast: float) -> tuple[tuple[int, int, int], ...]:
+Color = tuple[int, int, int]
+
+
+def _color_pair(rng: np.random.Generator, hue: float, contrast: float) -> tuple[Color, Color]:
     """Two colours of one hue, one dark and one light, ``contrast`` apart in value."""
     saturation = rng.uniform(0.35, 0.9)
     dark = rng.uniform(0.1, 0.95 - contrast)
@@ -155,7 +158,7 @@ def sample_spec(config: SyntheticConfig, stream: str, class_index: int, index: i
     rng = np.random.default_rng([config.seed, _STREAMS[stream], class_index, index])
     size = config.image_size
     class_name = CLASS_NAMES[class_index]
-    radius = size * rng.uniform(0.22, 0.36)
+    radius = size * rng.uniform(0.26, 0.40)
     margin = radius + size * 0.03
     placement = ShapePlacement(class_name, float(rng.uniform(margin, size - margin)),
                                float(rng.uniform(margin, size - margin)), float(radius), float(rng.uniform(0, 360)))
@@ -167,8 +170,8 @@ def sample_spec(config: SyntheticConfig, stream: str, class_index: int, index: i
     background = str(rng.choice([name for name in TEXTURE_NAMES if name != foreground]))
     hue = rng.random()
     foreground_colors = _color_pair(rng, hue, rng.uniform(0.45, 0.7))
-    background_colors = _color_pair(rng, hue + rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.35))
-    return SampleSpec(class_name, placement, foreground, background, foreground_colors, background_colors,  # type: ignore[arg-type]
+    background_colors = _color_pair(rng, hue + rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.25))
+    return SampleSpec(class_name, placement, foreground, background, foreground_colors, background_colors,
                       int(rng.integers(2 ** 62)))
 
 

@@ -48,7 +48,7 @@ class DemoOptions:
 
     model: str = DEFAULT_MODEL
     model_kwargs: Mapping[str, Any] | None = None  # None: a 64 px-friendly default for the model family
-    epochs: int = 30
+    epochs: int = 25
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
@@ -235,6 +235,10 @@ def run_demo(options: DemoOptions) -> DemoOutcome:
     import robustcnn  # noqa: F401  (registers the robust_resnet_* models)
     if not timm.is_model(options.model):
         raise UsageError(f'unknown --model {options.model!r}; see timm.list_models()')
+    try:
+        import matplotlib  # noqa: F401  (the report's figure; checked before minutes of work, not after)
+    except ImportError:
+        raise UsageError('the demo draws its report with matplotlib: pip install -e ".[report]"') from None
 
     data_dir = Path(options.data_dir) if options.data_dir else default_benchmark_dir(options.benchmark)
     ensure_benchmark(options.benchmark, data_dir, workers=options.workers)
