@@ -119,6 +119,9 @@ def _train_commands(markdown: str) -> list[list[str]]:
             if 'train.py' not in line or line.startswith('#'):
                 continue
             words = shlex.split(line)
+            # a command run on every TPU host: gcloud ... --command="cd robustcnn && ... python3 train.py ..."
+            words = [part for word in words for part in
+                     (shlex.split(word.split('=', 1)[1]) if word.startswith('--command=') else [word])]
             position = next(i for i, word in enumerate(words) if word.endswith('train.py'))
             commands.append(words[position + 1:])
     return commands
