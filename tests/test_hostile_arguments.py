@@ -60,10 +60,16 @@ VALIDATE_CASES = {
 }
 
 
-def _run(main, argv, prog, capsys):
+def _assert_rejected_in_one_line(main, argv, prog, expected, capsys):
+    """Exit status 2, no traceback, exactly one 'PROG: error:' line, and it names ``expected``."""
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, argv, prog=prog)
-    return exit_info.value.code, capsys.readouterr().err
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if 'error' in line.lower() or 'Traceback' in line]
+    assert exit_info.value.code == 2, stderr
+    assert 'Traceback' not in stderr
+    assert len(lines) == 1 and lines[0].startswith(f'{prog}: error:'), stderr
+    assert expected in lines[0]
 
 
 @pytest.mark.parametrize('case', TRAIN_CASES)
@@ -74,12 +80,7 @@ def test_train_rejects_hostile_arguments_in_one_line(files, case, capsys, tmp_pa
     argv = [str(data), '--model', 'robust_resnet_dw_nano', '--workers', '0', '-b', '2', '--output', str(tmp_path / 'out'),
             '--experiment', 'x', '--epochs', '1', '--img-size', '32']
     argv += [item.format(root=root, data=data) for item in extra]
-    code, stderr = _run(train.main, argv, 'train.py', capsys)
-    lines = [line for line in stderr.splitlines() if 'error' in line.lower() or 'Traceback' in line]
-    assert code == 2, stderr
-    assert 'Traceback' not in stderr
-    assert len(lines) == 1 and lines[0].startswith('train.py: error:'), stderr
-    assert expected in lines[0]
+    _assert_rejected_in_one_line(train.main, argv, 'train.py', expected, capsys)
     assert not (tmp_path / 'out' / 'x' / 'last.pth.tar').exists()
 
 
@@ -92,10 +93,5 @@ def test_validate_rejects_hostile_arguments_in_one_line(files, case, capsys, tmp
     argv += ['--model', 'robust_resnet_dw_nano', '--workers', '0', '--results-file', str(tmp_path / 'r.json')]
     if '--checkpoint' not in argv:
         argv += ['--checkpoint', str(Path(root) / 'other_architecture.pth')]
-    code, stderr = _run(validate.main, argv, 'validate.py', capsys)
-    lines = [line for line in stderr.splitlines() if 'error' in line.lower() or 'Traceback' in line]
-    assert code == 2, stderr
-    assert 'Traceback' not in stderr
-    assert len(lines) == 1 and lines[0].startswith('validate.py: error:'), stderr
-    assert expected in lines[0]
+    _assert_rejected_in_one_line(validate.main, argv, 'validate.py', expected, capsys)
     assert not (tmp_path / 'r.json').exists()
