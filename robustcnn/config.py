@@ -21,7 +21,7 @@ from .cli import OneLineErrorParser, UsageError
 
 __all__ = [
     'ConfigError', 'build_train_parser', 'parse_train_args', 'load_yaml_config', 'apply_yaml_defaults',
-    'args_to_yaml', 'effective_learning_rate', 'total_batch_size',
+    'args_to_yaml', 'effective_learning_rate', 'total_batch_size', 'resolve_device_defaults',
 ]
 
 DEFAULT_AUTO_AUGMENT = 'rand-m9-mstd0.5-inc1'
@@ -127,7 +127,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--drop', type=_probability, default=0.0, help='classifier dropout')
     group.add_argument('--drop-path', type=_probability, default=0.1, help='stochastic depth rate')
     group.add_argument('--grad-checkpointing', action=bool_flag, default=False)
-    group.add_argument('--channels-last', action=bool_flag, default=False)
+    group.add_argument('--channels-last', action=bool_flag, default=None,
+                       help='channels-last memory format (default: on with CUDA, off elsewhere)')
     group.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
                        help='torch.compile the model (default backend inductor)')
     group.add_argument('--sync-bn', action=bool_flag, default=False, help='synchronize BatchNorm across devices')
@@ -197,7 +198,8 @@ def build_train_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group('device and precision')
     group.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'xla'])
-    group.add_argument('--amp', action=bool_flag, default=False, help='mixed precision')
+    group.add_argument('--amp', action=bool_flag, default=None,
+                       help='mixed precision autocast (default: on with CUDA, off elsewhere; --no-amp to disable)')
     group.add_argument('--amp-dtype', default='bfloat16', choices=['bfloat16', 'float16'],
                        help='float16 uses a gradient scaler, bfloat16 does not need one')
     group.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
@@ -268,6 +270,17 @@ def _convert_scalar(key: str, action: argparse.Action, value: Any) -> Any:
     return result
 
 
+def resolve_device_defaults(args: argparse.Namespace, device_kind: str) -> argparse.Namespace:
+    """Switches left unset (None) take their device default: on CUDA, bf16 autocast and channels-last are on (the
+    fast path); elsewhere off. The resolved values are what args.yaml and checkpoints record, so a resume repeats
+    them."""
+    if args.amp is None:
+        args.amp = device_kind == 'cuda'
+    if args.channels_last is None:
+        args.channels_last = device_kind == 'cuda'
+    return args
+
+
 def _type_name(converter: Any) -> str:
     if converter in _INT_TYPES:
         return 'an integer' if converter is int else f'a {converter.__name__}'
@@ -278,6 +291,8 @@ def _type_name(converter: Any) -> str:
 
 def _convert_value(key: str, action: argparse.Action, value: Any) -> Any:
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if value is None and action.default is None:  # a switch whose default depends on the device
+            return None
         if not isinstance(value, bool):
             raise ConfigError(f'config key {key!r} is a switch: write true or false, not {value!r}')
         return value

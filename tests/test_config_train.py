@@ -172,3 +172,17 @@ def test_every_flag_has_a_yaml_spelling():
 def test_bad_flags_are_one_line_usage_errors(flags, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_train_args(['/data', *flags])
+
+
+def test_amp_and_channels_last_default_on_for_cuda_only_and_stay_switchable():
+    from robustcnn.config import parse_train_args, resolve_device_defaults
+    unset = parse_train_args(['/data'])
+    assert unset.amp is None and unset.channels_last is None
+    assert resolve_device_defaults(parse_train_args(['/data']), 'cuda').amp is True
+    assert resolve_device_defaults(parse_train_args(['/data']), 'cuda').channels_last is True
+    assert resolve_device_defaults(parse_train_args(['/data']), 'cpu').amp is False
+    assert resolve_device_defaults(parse_train_args(['/data']), 'xla').channels_last is False
+    off = resolve_device_defaults(parse_train_args(['/data', '--no-amp', '--no-channels-last']), 'cuda')
+    assert off.amp is False and off.channels_last is False
+    on = resolve_device_defaults(parse_train_args(['/data', '--amp', '--channels-last']), 'cpu')
+    assert on.amp is True and on.channels_last is True

@@ -27,7 +27,7 @@ from timm.utils import ModelEmaV3
 from .. import __version__
 from ..checkpoint import CheckpointError, atomic_write_text, load_checkpoint_file, load_model_weights
 from ..cli import UsageError, setup_logging
-from ..config import args_to_yaml, effective_learning_rate, total_batch_size
+from ..config import args_to_yaml, effective_learning_rate, resolve_device_defaults, total_batch_size
 from ..data.train_data import (
     build_eval_loader, build_train_loader, build_train_transform, check_split_folder, resolve_class_names,
 )
@@ -173,6 +173,7 @@ class _Trainer:
 
     def prepare(self) -> None:
         args, runtime = self.args, self.runtime
+        resolve_device_defaults(args, runtime.kind)
         # 1. data folders: a bad path is a one-line error before anything expensive
         self.train_folder = check_split_folder(args.data_dir, args.train_split, '--train-split')
         self.val_folder = check_split_folder(args.data_dir, args.val_split, '--val-split')
