@@ -67,7 +67,7 @@ def test_demo_writes_a_complete_report(demo_run) -> None:
 
     demo = payload['demo']
     assert demo['benchmark']['class_names'] == list(CLASS_NAMES)
-    assert demo['training']['epochs'] == 1 and demo['training']['model_kwargs'] == {'patch_size': 8}
+    assert demo['training']['epochs'] == 1 and demo['training']['model_kwargs'] == {'patch_size': 8, 'kernel_size': 7}
     assert all(_percent(value) for value in demo['summary'].values() if value is not None)
     assert math.isclose(demo['summary']['clean (val)'], results['imagenet']['top1'])
     timing = demo['timing']
@@ -109,7 +109,7 @@ def test_a_second_run_into_the_same_folder_is_refused(demo_run) -> None:
 
 
 def test_other_models_get_64_px_arguments_and_the_recipe() -> None:
-    assert default_model_kwargs('robust_resnet_dw_nano', 64) == {'patch_size': 8}
+    assert default_model_kwargs('robust_resnet_dw_nano', 64) == {'patch_size': 8, 'kernel_size': 7}
     assert default_model_kwargs('vit_tiny_patch16_224', 64) == {'img_size': 64, 'patch_size': 8}
     assert default_model_kwargs('resnet18', 64) == {}
     flags = training_flags(DemoOptions(model='resnet18'), Path('/data'), 'run')
@@ -119,4 +119,4 @@ def test_other_models_get_64_px_arguments_and_the_recipe() -> None:
     assert '--model-kwargs' not in flags
     from robustcnn.config import parse_train_args
     args = parse_train_args(training_flags(DemoOptions(), Path('/data'), 'run'))  # train.py accepts them all
-    assert args.model_kwargs == {'patch_size': 8} and args.img_size == 64 and args.crop_pct == 1.0
+    assert args.model_kwargs == {'patch_size': 8, 'kernel_size': 7} and args.img_size == 64 and args.crop_pct == 1.0

@@ -77,7 +77,7 @@ class SyntheticConfig:
 
     seed: int = 0
     image_size: int = 64
-    train_per_class: int = 250
+    train_per_class: int = 1000
     val_per_class: int = 50
     shift_per_class: int = 50
     corruption_per_class: int = 20

@@ -48,9 +48,9 @@ class DemoOptions:
 
     model: str = DEFAULT_MODEL
     model_kwargs: Mapping[str, Any] | None = None  # None: a 64 px-friendly default for the model family
-    epochs: int = 25
+    epochs: int = 12
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3
     seed: int = 0
     workers: int | None = None
     output: str = './output/demo'
@@ -69,9 +69,10 @@ class DemoOutcome:
 
 
 def default_model_kwargs(model: str, image_size: int) -> dict[str, Any]:
-    """Arguments that suit 64 px images: Robust-ResNets patchify by 8 (not 16), ViTs take the small size."""
+    """Arguments that suit 64 px images: Robust-ResNets patchify by 8 (not 16) with 7x7 depthwise kernels (an 11x11
+    kernel on an 8x8 map is mostly padding and trains 1.4x slower on a CPU), ViTs take the small size."""
     if model.startswith('robust_resnet'):
-        return {'patch_size': 8}
+        return {'patch_size': 8, 'kernel_size': 7}
     if model.startswith(('vit_', 'deit_', 'deit3_')):
         return {'img_size': image_size, 'patch_size': 8}
     return {}
@@ -88,9 +89,10 @@ def _loader_workers(options: DemoOptions) -> int:
 def training_flags(options: DemoOptions, data_dir: Path, experiment: str) -> list[str]:
     """train.py's flags for the demo: the DeiT recipe with every component on, scaled down to a CPU and 64 px.
 
-    Scaled: fewer epochs (1 warm-up), RandAugment magnitude 6 instead of 9, mixup 0.2 / cutmix 0.2 instead of
-    0.8 / 1.0, drop path 0.05, crops covering at least 35% of the image (a smaller crop can cut the shape out).
-    Validation sees the whole 64 px image (crop 1.0), as the shifted sets do.
+    Scaled so that a 2-core CPU reaches >= 90% clean accuracy in minutes: 12 epochs (1 warm-up), RandAugment
+    magnitude 5 instead of 9, mixup 0.1 / cutmix 0.1 instead of 0.8 / 1.0, random erasing 0.1 instead of 0.25,
+    repeated augmentation x2 instead of x3, drop path 0.05, crops covering at least half the image (a smaller crop
+    can cut the shape out). Validation sees the whole 64 px image (crop 1.0), as the shifted sets do.
     """
     image_size = options.benchmark.image_size
     kwargs = default_model_kwargs(options.model, image_size) if options.model_kwargs is None \
@@ -101,8 +103,8 @@ def training_flags(options: DemoOptions, data_dir: Path, experiment: str) -> lis
         '--device', 'cpu', '--batch-size', str(options.batch_size), '--workers', str(workers),
         '--opt', 'adamw', '--lr', str(options.lr), '--weight-decay', '0.05', '--sched', 'cosine',
         '--epochs', str(options.epochs), '--warmup-epochs', '1', '--warmup-lr', '1e-5', '--min-lr', '1e-5',
-        '--aa', 'rand-m6-mstd0.5-inc1', '--aug-repeats', '3', '--reprob', '0.25', '--scale', '0.35', '1.0',
-        '--mixup', '0.2', '--cutmix', '0.2', '--smoothing', '0.1', '--train-interpolation', 'bicubic',
+        '--aa', 'rand-m5-mstd0.5-inc1', '--aug-repeats', '2', '--reprob', '0.1', '--scale', '0.5', '1.0',
+        '--mixup', '0.1', '--cutmix', '0.1', '--smoothing', '0.1', '--train-interpolation', 'bicubic',
         '--drop-path', '0.05', '--seed', str(options.seed), '--output', str(options.output),
         '--experiment', experiment, '--checkpoint-interval', str(max(options.epochs, 1)), '--log-interval', '20',
     ]
@@ -280,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--model', default=defaults.model, help='any timm model, e.g. resnet18 or '
                         'vit_tiny_patch16_224, to compare on the same benchmark')
     parser.add_argument('--model-kwargs', nargs='*', action=KeyValueAction, default=None, metavar='KEY=VALUE',
-                        help='model arguments (default: patch_size=8 for Robust-ResNets, img_size/patch_size for ViTs)')
+                        help='model arguments (default: patch_size=8 kernel_size=7 for Robust-ResNets, img_size/patch_size for ViTs)')
     parser.add_argument('--epochs', type=int, default=defaults.epochs)
     parser.add_argument('--batch-size', type=int, default=defaults.batch_size)
     parser.add_argument('--lr', type=float, default=defaults.lr)
