@@ -375,6 +375,10 @@ def finalize_train_args(args: argparse.Namespace) -> None:
         raise ConfigError(f'mixup/cutmix need an even --batch-size, got {args.batch_size}')
     if args.resume == 'auto' and not args.experiment:
         raise ConfigError('--resume auto needs --experiment NAME to find the run folder')
+    for flag, path in (('--resume', args.resume if args.resume != 'auto' else ''),
+                       ('--initial-checkpoint', args.initial_checkpoint)):
+        if path and not os.path.isfile(path):  # checked now, not after the data scan and model build
+            raise ConfigError(f'{flag} file not found: {path}')
     if args.opt_betas is not None and len(args.opt_betas) != 2:
         raise ConfigError(f'--opt-betas expects 2 values, got {len(args.opt_betas)}')
 
