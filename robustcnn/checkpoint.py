@@ -108,9 +108,6 @@ def load_model_weights(
 ) -> None:
     """Load a checkpoint file into ``model``, raising a one-line error that names what does not match."""
     state_dict = extract_state_dict(load_checkpoint_file(path), use_ema=use_ema)
-    filter_fn = getattr(model, 'checkpoint_filter_fn', None)
-    if filter_fn is not None:
-        state_dict = filter_fn(state_dict, model)
     check_state_dict_fits(model, state_dict, source=str(path), strict=strict)
     model.load_state_dict(state_dict, strict=strict)
 

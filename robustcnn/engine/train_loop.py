@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 from timm.utils import dispatch_clip_grad
 
+from ..faults import kill_after_update
 from .runtime import Runtime
 
 __all__ = ['NonFiniteLossError', 'EpochResult', 'seed_step', 'unwrap_model', 'train_one_epoch', 'format_duration']
@@ -46,17 +45,6 @@ class EpochResult:
     images_per_second: float
     failed_images: int        # unreadable files replaced by other samples (all processes)
     lr: float                 # learning rate of the first parameter group at the end of the epoch
-
-
-# Fault injection for the kill-and-resume tests: SIGKILL this process right after optimizer update N (counted
-# from the start of training), after any recovery checkpoint of that update has been written.
-KILL_AFTER_UPDATES_ENV = 'ROBUSTCNN_KILL_AFTER_UPDATES'
-
-
-def _maybe_kill_self(num_updates: int) -> None:
-    target = os.environ.get(KILL_AFTER_UPDATES_ENV)
-    if target and num_updates == int(target):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def seed_step(seed: int, epoch: int, batch_index: int, rank: int) -> int:
@@ -225,7 +213,7 @@ def train_one_epoch(
                     and batch_index + 1 < num_batches:
                 check_finite()
                 save_recovery(batch_index + 1, num_updates, summed_totals())
-            _maybe_kill_self(num_updates)
+            kill_after_update(num_updates)
         wait_start = time.perf_counter()
 
     check_finite()

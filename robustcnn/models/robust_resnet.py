@@ -177,7 +177,7 @@ class RobustResNet(nn.Module):
             reduction *= stride
             self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f'stages.{index}'))
         self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = in_chs
+        self.num_features = in_chs
 
         # No norm before the head: the released model pools the last block's output directly.
         self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
@@ -304,11 +304,9 @@ class RobustResNet(nn.Module):
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Accept every released form: a bare state dict or one under ``model``/``state_dict``/``state_dict_ema``,
     keys possibly prefixed ``module.``. The released key layout is this model's, so nothing is renamed."""
-    if any(key in state_dict for key in ('model', 'state_dict')):
-        return extract_state_dict(state_dict)
-    if 'state_dict_ema' in state_dict or 'model_ema' in state_dict:
-        return extract_state_dict(state_dict, use_ema=True)
-    return extract_state_dict(state_dict)
+    only_ema = not any(key in state_dict for key in ('model', 'state_dict')) and \
+        any(key in state_dict for key in ('state_dict_ema', 'model_ema'))
+    return extract_state_dict(state_dict, use_ema=only_ema)
 
 
 def _create_robust_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> RobustResNet:
