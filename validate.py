@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('-b', '--batch-size', type=int, default=64)
     group.add_argument('-j', '--workers', type=int, default=None, help='loader processes (default: min(8, cores))')
     group.add_argument('--pin-mem', action='store_true', help='pin host memory for faster copies to the GPU')
+    group.add_argument('--decode-on-device', action='store_true',
+                       help='decode JPEGs in batches on the device (nvJPEG on CUDA) and resize there; workers only '
+                            'read files; other formats are decoded by the workers as usual')
     group.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda', 'xla'),
                        help='xla: every TPU chip of this host (SPMD); auto picks it when PJRT_DEVICE is set')
     group.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
@@ -132,7 +135,7 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
         class_map=args.class_map or None, suite=args.suite, suite_datasets=suite_datasets, dataset_dirs=dataset_dirs,
         resize_mode=args.resize_mode, img_size=args.img_size, input_size=args.input_size, crop_pct=args.crop_pct,
         interpolation=args.interpolation or None, mean=args.mean, std=args.std, batch_size=args.batch_size,
-        workers=args.workers, pin_memory=args.pin_mem, amp_dtype=args.amp_dtype if args.amp else None,
+        workers=args.workers, pin_memory=args.pin_mem, decode_on_device=args.decode_on_device, amp_dtype=args.amp_dtype if args.amp else None,
         channels_last=bool(args.channels_last), fuse=args.fuse, log_freq=args.log_freq,
         results_file=args.results_file or None, figure=args.figure or None, partial_results=args.partial_results,
         allow_partial=args.allow_partial, extra_corruptions=args.extra_corruptions, clean_error=args.clean_error,

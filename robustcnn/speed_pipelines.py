@@ -67,23 +67,24 @@ def save_random_checkpoint(model_name: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def time_one_pipeline(root: Path, model_name: str, checkpoint: Path, batch_size: int,
-                      workers: int) -> tuple[float, dict[str, Any]]:
+def time_one_pipeline(root: Path, model_name: str, checkpoint: Path, batch_size: int, workers: int,
+                      device: str = 'cpu', decode_on_device: bool = False) -> tuple[float, dict[str, Any]]:
     """Wall seconds of ``run_validation`` on the tree, model loading included (as for the loop)."""
     from .benchmarks.runner import ValidationRequest, run_validation
     from .engine.runtime import init_runtime
 
-    runtime = init_runtime('cpu')
+    runtime = init_runtime(device)
     request = ValidationRequest(data_dir=str(root), dataset='imagenet-c', model=model_name,
                                 checkpoint=str(checkpoint), batch_size=batch_size,
-                                workers=workers, log_freq=0, allow_partial=False)
+                                workers=workers, log_freq=0, allow_partial=False, decode_on_device=decode_on_device,
+                                pin_memory=device == 'cuda')
     start = time.perf_counter()
     payload = run_validation(request, runtime)
     return time.perf_counter() - start, payload
 
 
 def time_per_folder_loop(root: Path, model_name: str, checkpoint: Path, batch_size: int,
-                         workers: int) -> tuple[float, float]:
+                         workers: int, device: str = 'cpu') -> tuple[float, float]:
     """The release's way: for every corruption and severity a new ImageFolder + DataLoader; returns (seconds,
     mean top-1 error). Labels are the folder order, as the release assumed (fine for the generated tree)."""
     import timm
@@ -97,6 +98,7 @@ def time_per_folder_loop(root: Path, model_name: str, checkpoint: Path, batch_si
     model.eval()
     if callable(getattr(model, 'fuse', None)):
         model.fuse()
+    model.to(device)
     config = model.pretrained_cfg
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(config['mean'], config['std'])])
     errors = []
@@ -105,10 +107,11 @@ def time_per_folder_loop(root: Path, model_name: str, checkpoint: Path, batch_si
             for severity in SEVERITIES:
                 dataset = datasets.ImageFolder(str(root / corruption / str(severity)), transform=transform)
                 loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                                     num_workers=workers)
+                                                     num_workers=workers, pin_memory=device == 'cuda')
                 correct = total = 0
                 for images, targets in loader:
-                    correct += int((model(images).argmax(1) == targets).sum())
+                    predictions = model(images.to(device, non_blocking=True)).argmax(1).cpu()
+                    correct += int((predictions == targets).sum())
                     total += targets.numel()
                 errors.append(100.0 * (1 - correct / max(total, 1)))
     return time.perf_counter() - start, statistics.fmean(errors)
@@ -181,14 +184,19 @@ def _imagenet_c_main(argv: Sequence[str]) -> int:
     parser.add_argument('--workers', default='0,2', help='comma-separated worker counts to measure')
     parser.add_argument('-b', '--batch-size', type=int, default=32)
     parser.add_argument('--repeats', type=int, default=1)
+    parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
+    parser.add_argument('--decode-on-device', action='store_true',
+                        help="our pipeline decodes JPEGs on --device (validate.py's --decode-on-device)")
     args = parser.parse_args(argv)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise UsageError('--device cuda: no CUDA device is visible')
     try:
         worker_counts = [int(value) for value in args.workers.split(',') if value.strip()]
     except ValueError:
         raise UsageError(f'--workers takes comma-separated integers, got {args.workers!r}') from None
     if not worker_counts or min(worker_counts) < 0:
         raise UsageError(f'--workers takes counts of 0 or more, got {args.workers!r}')
-    print(' '.join(f'{key}={value}' for key, value in machine_info('cpu').items()), flush=True)
+    print(' '.join(f'{key}={value}' for key, value in machine_info(args.device).items()), flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.data) if args.data else build_imagenet_c_tree(
             Path(scratch) / 'imagenet-c', args.classes, args.images_per_class)
@@ -196,14 +204,16 @@ def _imagenet_c_main(argv: Sequence[str]) -> int:
         for workers in worker_counts:
             ours, theirs = [], []
             for _ in range(args.repeats):
-                seconds, payload = time_one_pipeline(root, args.model, checkpoint, args.batch_size, workers)
+                seconds, payload = time_one_pipeline(root, args.model, checkpoint, args.batch_size, workers,
+                                                     args.device, args.decode_on_device)
                 ours.append(seconds)
-                seconds, _ = time_per_folder_loop(root, args.model, checkpoint, args.batch_size, workers)
+                seconds, _ = time_per_folder_loop(root, args.model, checkpoint, args.batch_size, workers,
+                                                  args.device)
                 theirs.append(seconds)
             result = payload['results']['imagenet-c']
             images = result['num_samples']
             ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-            print(f'workers={workers} images={images} one_pipeline={ours_median:.2f}s ({images / ours_median:.1f} '
+            print(f'device={args.device} decode_on_device={args.decode_on_device} workers={workers} images={images} one_pipeline={ours_median:.2f}s ({images / ours_median:.1f} '
                   f'img/s) per_folder_loaders={theirs_median:.2f}s ({images / theirs_median:.1f} img/s) '
                   f'speedup={theirs_median / ours_median:.2f}x', flush=True)
     return 0

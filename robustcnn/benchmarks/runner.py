@@ -28,6 +28,7 @@ from ..report import check_results_path, readme_row, write_figure, write_results
 from . import BENCHMARKS, SUITE_ORDER, get_benchmark
 from .base import Benchmark, DatasetLayoutError, PreparedData, normalized_name
 from .imagenet_c import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES, ImageNetC, aggregate_corruption_errors
+from .device_decode import DeviceDecodingLoader, JpegBytesDataset, collate_encoded_batch
 from .loader import build_eval_loader, default_workers
 
 __all__ = ['ValidationRequest', 'infer_dataset', 'find_suite_datasets', 'load_eval_model', 'run_validation',
@@ -62,6 +63,7 @@ class ValidationRequest:
     batch_size: int = 64
     workers: int | None = None
     pin_memory: bool = False
+    decode_on_device: bool = False
     amp_dtype: str | None = None
     channels_last: bool = False
     fuse: bool = True
@@ -268,6 +270,7 @@ def _run_identity(request: ValidationRequest, model_name: str, data_dir: Path) -
         'std': list(request.std) if request.std else None, 'class_map': request.class_map,
         'num_classes': request.num_classes, 'pretrained': request.pretrained,
         'model_kwargs': dict(request.model_kwargs) if request.model_kwargs else None,
+        'decode_on_device': request.decode_on_device,
     }
 
 
@@ -323,11 +326,29 @@ def _preprocessing(context: _Context, benchmark: Benchmark) -> EvalPreprocessing
         mean=request.mean, std=request.std)
 
 
+def _preprocessing_record(context: _Context, preprocessing: EvalPreprocessing) -> dict[str, Any]:
+    """What a results entry says about the pixels: the preprocessing and where JPEGs were decoded."""
+    return {**preprocessing.as_dict(), 'decode_on_device': context.request.decode_on_device}
+
+
 def _evaluate_prepared(context: _Context, prepared: PreparedData, preprocessing: EvalPreprocessing,
                        description: str, **evaluate_options: Any) -> EvalResult:
     request = context.request
-    dataset = ClassFolderDataset(prepared.samples, build_eval_transform(preprocessing), on_decode_error='skip')
-    loader = build_eval_loader(dataset, request.batch_size, context.workers, context.runtime, request.pin_memory)
+    transform = build_eval_transform(preprocessing)
+    loader: Any
+    if request.decode_on_device:
+        if preprocessing.resize_mode == 'resize_center_crop' and preprocessing.crop_mode not in ('center', 'squash'):
+            raise UsageError(f'--decode-on-device supports the center and squash crop modes, not '
+                             f'{preprocessing.crop_mode!r}; drop --decode-on-device')
+        # workers read bytes (and fully decode what is not a plain JPEG); the device decodes and resizes batches
+        dataset = JpegBytesDataset(prepared.samples, transform, on_decode_error='skip')
+        loader = DeviceDecodingLoader(
+            build_eval_loader(dataset, request.batch_size, context.workers, context.runtime, request.pin_memory,
+                              collate_fn=collate_encoded_batch),
+            transform, context.runtime.device, dataset)
+    else:
+        dataset = ClassFolderDataset(prepared.samples, transform, on_decode_error='skip')
+        loader = build_eval_loader(dataset, request.batch_size, context.workers, context.runtime, request.pin_memory)
     return evaluate(
         context.model, loader, context.runtime, amp_dtype=context.amp_dtype, channels_last=request.channels_last,
         label_subset=prepared.label_subset, normalization=(preprocessing.mean, preprocessing.std),
@@ -340,7 +361,7 @@ def _run_class_folder(context: _Context, benchmark: Benchmark, prepared: Prepare
                  preprocessing)
     result = _evaluate_prepared(context, prepared, preprocessing, benchmark.name)
     entry = result.metrics()
-    entry['preprocessing'] = preprocessing.as_dict()
+    entry['preprocessing'] = _preprocessing_record(context, preprocessing)
     if prepared.label_subset is not None:
         entry['label_subset_size'] = len(prepared.label_subset)
     entry['elapsed_seconds'] = result.elapsed_seconds
@@ -429,7 +450,7 @@ def _run_imagenet_c(context: _Context, benchmark: ImageNetC, plan: _ImageNetCPla
         'partial': aggregates['partial'],
         'missing': aggregates['missing'],
         'resumed_folders': plan.resumed,
-        'preprocessing': preprocessing.as_dict(),
+        'preprocessing': _preprocessing_record(context, preprocessing),
         'elapsed_seconds': result.elapsed_seconds,
     }
     if runtime.is_main and partial_path is not None and partial_path.exists():
@@ -448,6 +469,12 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
         raise UsageError(f'--batch-size must be positive, got {request.batch_size}')
     if request.amp_dtype is not None and request.amp_dtype not in AMP_DTYPES:
         raise UsageError(f'--amp-dtype must be one of {", ".join(AMP_DTYPES)}, got {request.amp_dtype}')
+    if request.decode_on_device and runtime.kind not in ('cuda', 'cpu'):
+        raise UsageError(f'--decode-on-device works with CUDA (nvJPEG) or the CPU, not {runtime.kind}; drop it to '
+                         f'decode in the loader workers')
+    if request.decode_on_device:
+        _logger.info('JPEGs are decoded on %s in batches (torchvision decode_jpeg%s); workers read the files',
+                     runtime.device, ', nvJPEG' if runtime.kind == 'cuda' else '')
     if request.clean_error is not None and not 0 <= request.clean_error <= 100:
         raise UsageError(f'--clean-error is a top-1 error in percent (0..100), got {request.clean_error}')
 

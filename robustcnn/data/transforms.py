@@ -95,17 +95,22 @@ def resolve_eval_preprocessing(
 
 
 class _PILToUint8Tensor:
-    """PIL image -> uint8 CHW tensor without scaling (the device normalizes)."""
+    """PIL image -> uint8 CHW tensor without scaling (the device normalizes); a tensor (decoded on the device by
+    ``--decode-on-device``) passes through."""
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return tv_functional.pil_to_tensor(image)
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        return image if isinstance(image, torch.Tensor) else tv_functional.pil_to_tensor(image)
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}()'
 
 
 def build_eval_transform(preprocessing: EvalPreprocessing) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL RGB image -> uint8 tensor of the model's input size (or the image's own size for ``none``)."""
+    """PIL RGB image -> uint8 tensor of the model's input size (or the image's own size for ``none``).
+
+    The same transform also takes a uint8 CHW tensor (on any device): torchvision's Resize/CenterCrop and timm's
+    ResizeKeepRatio accept tensors, resizing with antialiasing, which is how ``--decode-on-device`` resizes.
+    """
     from timm.data import create_transform
     from timm.data.transforms import str_to_interp_mode
 
