@@ -159,6 +159,23 @@ def test_checkpoint_class_names_define_the_label_space(tmp_path: Path) -> None:
     assert payload['model'] == MODEL and payload['results']['folder']['top1'] == pytest.approx(75.0)
 
 
+def test_imagenet_c_in_another_label_space_has_no_alexnet_normalized_numbers(tmp_path: Path) -> None:
+    """mCE divides by AlexNet's ImageNet-C errors: meaningless for a 5-class model, so it is null, not a number."""
+    class_names = ['circle', 'square', 'star', 'triangle', 'wave']
+    checkpoint = save_color_checkpoint(tmp_path / 'demo.pth', num_classes=5, metadata={
+        'model': MODEL, 'class_names': class_names, 'num_classes': 5})
+    for corruption in CORRUPTIONS:
+        for severity in range(1, 6):
+            wrong = corruption == 'fog' and severity == 5
+            trees.write_class_folder(tmp_path / 'c' / corruption / str(severity) / 'star', [4 if wrong else 2])
+    results = tmp_path / 'c.json'
+    assert run_main([str(tmp_path / 'c'), '--dataset', 'imagenet-c', '--checkpoint', str(checkpoint),
+                     '--workers', '0', '--clean-error', '10', '--results-file', str(results)]) == 0
+    entry = json.loads(results.read_text())['results']['imagenet-c']
+    assert entry['mean_corruption_error'] == pytest.approx(100 / 75, abs=1e-4) and entry['num_samples'] == 75
+    assert entry['mce'] is None and entry['relative_mce'] is None and entry['corruption_errors'] == {}
+
+
 def imagenet_c_contents(images_per_folder: int = 2) -> dict:
     """gaussian_noise: half of each folder wrong; fog severity 5: all wrong; everything else right."""
     contents = {}

@@ -377,6 +377,7 @@ class _ImageNetCPlan:
     resumed: int
     identity: dict[str, Any]
     partial_path: Path | None
+    imagenet_1k: bool = True  # mCE's AlexNet baseline is defined for the 1000 ImageNet classes only
 
 
 def _plan_imagenet_c(request: ValidationRequest, runtime: Any, benchmark: ImageNetC, data_dir: Path,
@@ -393,7 +394,7 @@ def _plan_imagenet_c(request: ValidationRequest, runtime: Any, benchmark: ImageN
     prepared = benchmark.prepare(data_dir, label_space, extra_corruptions=request.extra_corruptions,
                                  allow_partial=request.allow_partial, skip_groups=skip)
     finished = {name: saved[name] for name in skip if name in saved}
-    return _ImageNetCPlan(prepared, finished, len(skip), identity, partial_path)
+    return _ImageNetCPlan(prepared, finished, len(skip), identity, partial_path, label_space.is_imagenet_1k)
 
 
 def _run_imagenet_c(context: _Context, benchmark: ImageNetC, plan: _ImageNetCPlan,
@@ -435,6 +436,11 @@ def _run_imagenet_c(context: _Context, benchmark: ImageNetC, plan: _ImageNetCPla
             errors.setdefault(corruption, {})[int(severity)] = 100.0 * (
                 1.0 - folder_counts['correct'] / folder_counts['scored'])
     aggregates = aggregate_corruption_errors(errors, clean_error=clean_error)
+    if not plan.imagenet_1k:
+        # AlexNet's ImageNet-C errors are not a baseline for another label space: a number there would mislead
+        _logger.info('imagenet-c: mce and relative_mce left out (null): they are normalized by AlexNet\'s '
+                     'ImageNet-C errors, which exist for the 1000 ImageNet classes only')
+        aggregates.update(mce=None, relative_mce=None, corruption_errors={})
     ordered = {corruption: {str(severity): errors[corruption][severity] for severity in SEVERITIES
                             if severity in errors[corruption]}
                for corruption in corruptions if corruption in errors}

@@ -202,8 +202,8 @@ def demo_markdown(payload: Mapping[str, Any]) -> str:
               'the class whose texture they wear.', '',
               '---', '',
               'The same numbers as `validate.py` reports them (each synthetic set scored as the ImageNet set whose '
-              'layout and protocol it copies; mCE is relative to AlexNet on the *real* ImageNet-C, so only '
-              '`mean_corruption_error` is meaningful here):', '']
+              'layout and protocol it copies; mCE and relative mCE are left out, since they are relative to '
+              'AlexNet\'s errors on the *real* ImageNet-C, which exist for the 1000 ImageNet classes only):', '']
     report = results_to_markdown({key: value for key, value in payload.items() if key != 'demo'})
     lines += [line.replace('# Evaluation of', '## Evaluation of', 1) if line.startswith('# ') else
               line.replace('## ', '### ', 1) if line.startswith('## ') else line for line in report.splitlines()]
