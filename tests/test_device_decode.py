@@ -19,7 +19,8 @@ from PIL import Image
 
 from dataset_trees import class_color, register_color_model, save_color_checkpoint
 from robustcnn.benchmarks.device_decode import (DeviceDecodingLoader, EncodedJpeg, JpegBytesDataset,
-                                                collate_encoded_batch, decode_batch_on_device, is_plain_jpeg)
+                                                check_device_preprocessing, collate_encoded_batch,
+                                                decode_batch_on_device, is_plain_jpeg)
 from robustcnn.benchmarks.imagenet_c import CORRUPTIONS
 from robustcnn.benchmarks.loader import collate_eval_batch
 from robustcnn.benchmarks.runner import ValidationRequest, run_validation
@@ -42,9 +43,17 @@ def jpeg_bytes(pixels: np.ndarray, mode: str = 'RGB') -> bytes:
 
 
 def truncated_jpeg(seed: int = 0) -> bytes:
-    """A JPEG whose header parses but whose scan data stops early."""
+    """A JPEG whose header parses but whose scan data stops early (no end-of-image marker)."""
     data = jpeg_bytes(noise(32, 32, seed))
     return data[:len(data) * 3 // 4]
+
+
+def corrupt_jpeg(seed: int = 0) -> bytes:
+    """A complete-looking JPEG (header parses, ends with EOI) whose Huffman table is garbage: only decoding fails."""
+    data = bytearray(jpeg_bytes(noise(32, 32, seed)))
+    table = data.find(b'\xff\xc4')
+    data[table + 5:table + 25] = b'\xff' * 20
+    return bytes(data)
 
 
 def noise(height: int, width: int, seed: int) -> np.ndarray:
@@ -57,28 +66,29 @@ def write_mixed_folder(folder: Path, height: int = 32, width: int = 32) -> dict[
     files = {
         'rgb': folder / 'a_rgb.JPEG', 'gray': folder / 'b_gray.JPEG', 'cmyk': folder / 'c_cmyk.JPEG',
         'png': folder / 'd_png.JPEG', 'truncated': folder / 'e_truncated.JPEG', 'text': folder / 'f_text.jpg',
-        'rgb2': folder / 'g_rgb.jpg',
+        'rgb2': folder / 'g_rgb.jpg', 'corrupt': folder / 'h_corrupt.JPEG',
     }
     files['rgb'].write_bytes(jpeg_bytes(noise(height, width, 0)))
     files['gray'].write_bytes(jpeg_bytes(noise(height, width, 1), 'L'))
     files['cmyk'].write_bytes(jpeg_bytes(noise(height, width, 2), 'CMYK'))
     Image.fromarray(noise(height, width, 3)).save(files['png'], format='PNG')  # ImageNet has PNGs named .JPEG
-    files['truncated'].write_bytes(truncated_jpeg(4))  # header intact, scan cut short
+    files['truncated'].write_bytes(truncated_jpeg(4))
     files['text'].write_text('not an image')
     files['rgb2'].write_bytes(jpeg_bytes(noise(height, width, 5)))
+    files['corrupt'].write_bytes(corrupt_jpeg(6))
     return files
 
 
-def preprocessing(resize_mode: str, size: int = 32) -> EvalPreprocessing:
+def preprocessing(resize_mode: str, size: int = 32, interpolation: str = 'bicubic') -> EvalPreprocessing:
     return EvalPreprocessing(input_size=(3, size, size), resize_mode=resize_mode, crop_pct=0.875, crop_mode='center',
-                             interpolation='bicubic', mean=(0.5,) * 3, std=(0.25,) * 3)
+                             interpolation=interpolation, mean=(0.5,) * 3, std=(0.25,) * 3)
 
 
-def test_header_check_sends_only_plain_jpegs_to_the_device(tmp_path: Path) -> None:
+def test_header_check_sends_only_complete_plain_jpegs_to_the_device(tmp_path: Path) -> None:
     files = write_mixed_folder(tmp_path)
-    assert is_plain_jpeg(files['rgb'].read_bytes()) and is_plain_jpeg(files['gray'].read_bytes())
-    assert is_plain_jpeg(files['truncated'].read_bytes())  # only decoding finds out
-    for name in ('cmyk', 'png', 'text'):
+    for name in ('rgb', 'gray', 'corrupt'):  # a bad Huffman table is only found by decoding
+        assert is_plain_jpeg(files[name].read_bytes()), name
+    for name in ('cmyk', 'png', 'text', 'truncated'):  # cut short: judged by libjpeg-turbo in the worker
         assert not is_plain_jpeg(files[name].read_bytes()), name
     dataset = JpegBytesDataset([(str(path), 0) for path in sorted(files.values())],
                                build_eval_transform(preprocessing('none')))
@@ -87,7 +97,7 @@ def test_header_check_sends_only_plain_jpegs_to_the_device(tmp_path: Path) -> No
     assert kinds['a_rgb.JPEG'].data.tolist() == list(files['rgb'].read_bytes())
     assert isinstance(kinds['c_cmyk.JPEG'], torch.Tensor) and kinds['c_cmyk.JPEG'].dtype == torch.uint8
     assert isinstance(kinds['d_png.JPEG'], torch.Tensor)
-    assert kinds['f_text.jpg'] is None  # skipped by the worker, as without the option
+    assert kinds['e_truncated.JPEG'] is None and kinds['f_text.jpg'] is None  # skipped by the worker, as without
 
 
 @pytest.mark.parametrize('resize_mode,height,width', [('none', 32, 32), ('resize_center_crop', 40, 56)])
@@ -99,14 +109,15 @@ def test_device_decode_matches_the_worker_path(tmp_path: Path, caplog: pytest.Lo
     cpu = collate_eval_batch([ClassFolderDataset(samples, transform)[index] for index in range(len(samples))])
     encoded_dataset = JpegBytesDataset(samples, transform)
     encoded = collate_encoded_batch([encoded_dataset[index] for index in range(len(samples))])
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         batch = decode_batch_on_device(encoded, transform, torch.device('cpu'), [path for path, _ in samples])
 
-    truncated = next(index for index, (path, _) in enumerate(samples) if path.endswith('e_truncated.JPEG'))
-    text = next(index for index, (path, _) in enumerate(samples) if path.endswith('f_text.jpg'))
-    assert 'e_truncated.JPEG' in caplog.text  # the device and PIL both refused it; it is named
-    assert batch.num_failed == cpu.num_failed == 2
-    assert sorted(batch.failed_indices.tolist()) == sorted(cpu.failed_indices.tolist()) == sorted([truncated, text])
+    failed = sorted(index for index, (path, _) in enumerate(samples)
+                    if Path(path).stem in ('e_truncated', 'f_text', 'h_corrupt'))
+    assert 'h_corrupt.JPEG' in caplog.text  # the device and PIL both refused it, in this call; it is named
+    assert batch.num_failed == cpu.num_failed == 3
+    assert sorted(batch.failed_indices.tolist()) == sorted(cpu.failed_indices.tolist()) == failed
     assert batch.indices.tolist() == cpu.indices.tolist() and batch.targets.tolist() == cpu.targets.tolist()
     assert batch.images.shape == cpu.images.shape == (5, 3, 32, 32) and batch.images.dtype == torch.uint8
     difference = (batch.images.int() - cpu.images.int()).abs()
@@ -122,20 +133,62 @@ def test_device_decode_matches_the_worker_path(tmp_path: Path, caplog: pytest.Lo
                 assert 0 < difference[position].float().mean() < 1.5 and difference[position].max() <= 24, name
 
 
-def test_a_batch_the_device_rejects_is_retried_file_by_file(tmp_path: Path) -> None:
+def test_a_batch_the_device_rejects_is_retried_file_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One corrupt JPEG fails torchvision's batched call; the others must still be decoded on the device."""
+    import robustcnn.benchmarks.device_decode as device_decode
+
     files = write_mixed_folder(tmp_path)
-    samples = [(str(files[name]), 0) for name in ('rgb', 'truncated', 'rgb2')]
+    samples = [(str(files[name]), 0) for name in ('rgb', 'corrupt', 'rgb2')]
+    read_by_pil = []
+    real_load = device_decode.load_rgb_image
+    monkeypatch.setattr(device_decode, 'load_rgb_image', lambda path: read_by_pil.append(Path(path).name)
+                        or real_load(path))
     transform = build_eval_transform(preprocessing('none'))
     dataset = JpegBytesDataset(samples, transform)
     loader = DeviceDecodingLoader(torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=collate_encoded_batch),
                                   transform, torch.device('cpu'), dataset)
     assert len(loader) == 1 and loader.batch_size == 3
     (batch,) = list(loader)
+    assert read_by_pil == ['h_corrupt.JPEG']  # the good files were decoded by the device, one at a time
     assert batch.indices.tolist() == [0, 2] and batch.failed_indices.tolist() == [1] and batch.num_failed == 1
     expected = [torch.from_numpy(np.array(Image.open(files[name]).convert('RGB'))).permute(2, 0, 1)
                 for name in ('rgb', 'rgb2')]
     assert torch.equal(batch.images, torch.stack(expected))
+
+
+FEW_DESCRIPTORS = """
+import resource, sys, torch
+sys.path.insert(0, {tests!r})
+from robustcnn.benchmarks.device_decode import DeviceDecodingLoader, JpegBytesDataset, collate_encoded_batch
+from robustcnn.data.transforms import build_eval_transform
+from test_device_decode import preprocessing
+resource.setrlimit(resource.RLIMIT_NOFILE, (160, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+files = sorted(str(path) for path in __import__('pathlib').Path({root!r}).iterdir())
+transform = build_eval_transform(preprocessing('none'))
+dataset = JpegBytesDataset([(path, 0) for path in files], transform)
+inner = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=1, prefetch_factor=4,
+                                    collate_fn=collate_encoded_batch)
+print(sum(batch.images.shape[0] for batch in DeviceDecodingLoader(inner, transform, torch.device('cpu'), dataset)))
+"""
+
+
+def test_worker_batches_use_a_few_descriptors_not_one_per_file(tmp_path: Path) -> None:
+    """4 prefetched batches of 64 JPEGs under a 160-descriptor limit: one shared tensor per file would need 256."""
+    import subprocess
+    for number in range(320):
+        (tmp_path / f'{number:03d}.JPEG').write_bytes(jpeg_bytes(noise(8, 8, number)))
+    script = FEW_DESCRIPTORS.format(tests=str(Path(__file__).parent), root=str(tmp_path))
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == '320'
+
+
+def test_interpolations_the_device_cannot_reproduce_are_refused() -> None:
+    check_device_preprocessing(preprocessing('resize_center_crop', interpolation='bilinear'))
+    check_device_preprocessing(preprocessing('none', interpolation='lanczos'))  # nothing is resized
+    for interpolation in ('nearest', 'lanczos', 'box', 'hamming'):
+        with pytest.raises(UsageError, match=f'not {interpolation}; pass --interpolation bicubic'):
+            check_device_preprocessing(preprocessing('resize', interpolation=interpolation))
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
@@ -174,7 +227,7 @@ def test_validate_with_decode_on_device_gives_the_exact_numbers(tmp_path: Path, 
     root = tmp_path / 'val'
     write_coded_jpegs(root / wnids[first], [first, first, second])  # 2 of 3 right
     write_coded_jpegs(root / wnids[third], [third, third])  # 2 of 2 right
-    (root / wnids[third] / 'zz_truncated.JPEG').write_bytes(truncated_jpeg())
+    (root / wnids[third] / 'zz_corrupt.JPEG').write_bytes(corrupt_jpeg())
     entries = {}
     for flag in ([], ['--decode-on-device']):
         results = tmp_path / f'results{len(flag)}.json'
@@ -198,7 +251,7 @@ def test_imagenet_c_failed_jpeg_is_charged_to_its_folder(tmp_path: Path, checkpo
         for severity in range(1, 6):
             write_coded_jpegs(root / corruption / str(severity) / wnid,
                               [code, wrong] if (corruption, severity) == ('fog', 2) else [code, code])
-    (root / 'snow' / '3' / wnid / 'zz_truncated.JPEG').write_bytes(truncated_jpeg())
+    (root / 'snow' / '3' / wnid / 'zz_corrupt.JPEG').write_bytes(corrupt_jpeg())
     request = ValidationRequest(data_dir=str(root), dataset='imagenet-c', model=MODEL, checkpoint=str(checkpoint),
                                 workers=0, batch_size=4, log_freq=0, decode_on_device=True)
     entry = run_validation(request, init_runtime('cpu'))['results']['imagenet-c']
@@ -211,3 +264,13 @@ def test_decode_on_device_is_refused_on_xla_before_any_work(tmp_path: Path) -> N
     request = ValidationRequest(data_dir=str(tmp_path / 'missing'), decode_on_device=True)
     with pytest.raises(UsageError, match='--decode-on-device works with CUDA .* not xla; drop it'):
         run_validation(request, types.SimpleNamespace(kind='xla'))
+
+
+def test_validate_refuses_nearest_resizing_on_the_device_before_scoring(tmp_path: Path, checkpoint: Path) -> None:
+    write_coded_jpegs(tmp_path / 'val' / imagenet_wnids()[1], [1])
+    request = ValidationRequest(data_dir=str(tmp_path / 'val'), dataset='imagenet', model=MODEL,
+                                checkpoint=str(checkpoint), workers=0, decode_on_device=True,
+                                interpolation='nearest', results_file=str(tmp_path / 'r.json'))
+    with pytest.raises(UsageError, match='not nearest; pass --interpolation bicubic or drop --decode-on-device'):
+        run_validation(request, init_runtime('cpu'))
+    assert not (tmp_path / 'r.json').exists()

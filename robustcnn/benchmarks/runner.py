@@ -28,7 +28,8 @@ from ..report import check_results_path, readme_row, write_figure, write_results
 from . import BENCHMARKS, SUITE_ORDER, get_benchmark
 from .base import Benchmark, DatasetLayoutError, PreparedData, normalized_name
 from .imagenet_c import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES, ImageNetC, aggregate_corruption_errors
-from .device_decode import DeviceDecodingLoader, JpegBytesDataset, collate_encoded_batch
+from .device_decode import (DeviceDecodingLoader, JpegBytesDataset, check_device_preprocessing,
+                            collate_encoded_batch)
 from .loader import build_eval_loader, default_workers
 
 __all__ = ['ValidationRequest', 'infer_dataset', 'find_suite_datasets', 'load_eval_model', 'run_validation',
@@ -337,9 +338,6 @@ def _evaluate_prepared(context: _Context, prepared: PreparedData, preprocessing:
     transform = build_eval_transform(preprocessing)
     loader: Any
     if request.decode_on_device:
-        if preprocessing.resize_mode == 'resize_center_crop' and preprocessing.crop_mode not in ('center', 'squash'):
-            raise UsageError(f'--decode-on-device supports the center and squash crop modes, not '
-                             f'{preprocessing.crop_mode!r}; drop --decode-on-device')
         # workers read bytes (and fully decode what is not a plain JPEG); the device decodes and resizes batches
         dataset = JpegBytesDataset(prepared.samples, transform, on_decode_error='skip')
         loader = DeviceDecodingLoader(
@@ -532,6 +530,9 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
                        amp_dtype=AMP_DTYPES[request.amp_dtype] if request.amp_dtype else None,
                        workers=default_workers() if request.workers is None else request.workers)
     try:
+        if request.decode_on_device:  # every set's preprocessing, before the first image is read
+            for name in datasets:
+                check_device_preprocessing(_preprocessing(context, get_benchmark(name)))
         return _evaluate_all(context, datasets, prepared, plans)
     except ValueError as error:
         if isinstance(error, UsageError):
