@@ -19,6 +19,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from PIL import Image
+from timm.data import auto_augment as timm_auto_augment
 from timm.data import create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
 
@@ -26,7 +28,7 @@ from ..cli import UsageError
 from .folder import ClassFolderDataset, collate_folder_batch, list_class_folders, scan_class_folders
 
 __all__ = [
-    'check_split_folder', 'resolve_class_names', 'build_train_transform', 'build_eval_transform', 'SeededSampler',
+    'check_split_folder', 'resolve_class_names', 'posterize_keeping_zero_bits', 'build_train_transform', 'build_eval_transform', 'SeededSampler',
     'SeededDataset', 'build_train_loader', 'build_eval_loader', 'sample_seed',
 ]
 
@@ -53,9 +55,33 @@ def resolve_class_names(train_folder: Path) -> list[str]:
     return list_class_folders(train_folder)
 
 
+def posterize_keeping_zero_bits(image: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's posterize op, except that keeping 0 bits gives the black image Pillow < 13 gave.
+
+    Why: the paper's ``rand-m9-mstd0.5-inc1`` samples magnitudes up to 10, where timm's PosterizeIncreasing keeps
+    0 bits; Pillow 13 raises on 0 bits, which kills a worker about once per 800 images and, since augmentation is
+    seeded per sample, again at the same place after a resume. Older Pillow masked every bit off: black.
+    """
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return timm_auto_augment.posterize(image, bits_to_keep, **kwargs)
+
+
+def _make_posterize_safe(transform: Any) -> Any:
+    """Point every posterize op of timm's RandAugment / AutoAugment / AugMix in ``transform`` at the safe one."""
+    for stage in getattr(transform, 'transforms', [transform]):
+        ops = list(getattr(stage, 'ops', None) or [])
+        for sub_policy in getattr(stage, 'policy', None) or []:
+            ops.extend(sub_policy)
+        for op in ops:
+            if getattr(op, 'aug_fn', None) is timm_auto_augment.posterize:
+                op.aug_fn = posterize_keeping_zero_bits
+    return transform
+
+
 def build_train_transform(args: argparse.Namespace, data_config: Mapping[str, Any]) -> Any:
     """timm's ImageNet training pipeline: random-resized crop, flip, RandAugment, normalize, random erasing."""
-    return create_transform(
+    return _make_posterize_safe(create_transform(
         input_size=data_config['input_size'],
         is_training=True,
         no_aug=args.no_aug,
@@ -71,7 +97,7 @@ def build_train_transform(args: argparse.Namespace, data_config: Mapping[str, An
         re_prob=args.reprob,
         re_mode=args.remode,
         re_count=args.recount,
-    )
+    ))
 
 
 def build_eval_transform(data_config: Mapping[str, Any]) -> Any:
