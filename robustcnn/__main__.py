@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +15,8 @@ import timm
 import torch
 
 from . import __version__
-from .checkpoint import extract_state_dict, load_checkpoint_file, save_safetensors
+from .checkpoint import (SAFETENSORS_METADATA_KEY, extract_state_dict, load_checkpoint_file, portable_metadata,
+                         save_safetensors)
 from .cli import UsageError, run_cli
 
 
@@ -33,13 +35,23 @@ def list_models(show_params: bool) -> int:
 
 
 def convert(checkpoint: Path, output: Path, use_ema: bool) -> int:
-    """Write the weights of any checkpoint form as a ``.safetensors`` file (no pickle, safe to share)."""
+    """Write the weights of any checkpoint form as a ``.safetensors`` file (no pickle, safe to share).
+
+    The training metadata (model name and arguments, class names, input size, normalization) goes into the file's
+    header, so ``validate.py --checkpoint OUT.safetensors`` needs no more flags than with the original checkpoint.
+    """
     if output.suffix != '.safetensors':
         raise UsageError(f'output {output} must end in .safetensors')
-    state_dict = extract_state_dict(load_checkpoint_file(checkpoint), use_ema=use_ema)
+    loaded = load_checkpoint_file(checkpoint)
+    state_dict = extract_state_dict(loaded, use_ema=use_ema)
     tensors = {key: value for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
-    save_safetensors(tensors, output, metadata={'source': checkpoint.name, 'robustcnn_version': __version__})
-    print(f'wrote {len(tensors)} tensors to {output}')
+    header = {'source': checkpoint.name, 'robustcnn_version': __version__}
+    metadata = portable_metadata(loaded)
+    if metadata:
+        header[SAFETENSORS_METADATA_KEY] = json.dumps(metadata, default=str)
+    save_safetensors(tensors, output, metadata=header)
+    kept = f' and its metadata ({", ".join(sorted(metadata))})' if metadata else ''
+    print(f'wrote {len(tensors)} tensors{kept} to {output}')
     return 0
 
 

@@ -7,6 +7,7 @@ Every file the project writes goes through :func:`atomic_save`, so a crash never
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import re
@@ -20,8 +21,13 @@ from .faults import kill_point
 
 __all__ = [
     'CheckpointError', 'load_checkpoint_file', 'extract_state_dict', 'clean_state_dict', 'load_model_weights',
-    'atomic_save', 'atomic_write_bytes', 'atomic_write_text', 'save_safetensors',
+    'atomic_save', 'atomic_write_bytes', 'atomic_write_text', 'save_safetensors', 'checkpoint_model_kwargs',
+    'portable_metadata', 'SAFETENSORS_METADATA_KEY',
 ]
+
+# Where a .safetensors file written by ``robustcnn convert`` keeps the training metadata (model, model_kwargs,
+# class names, input size...), JSON-encoded: safetensors headers hold strings only.
+SAFETENSORS_METADATA_KEY = 'robustcnn.metadata'
 
 # Wrapper keys of the released and timm/DeiT training checkpoints, in the order they are tried.
 _STATE_DICT_KEYS = ('state_dict', 'model')
@@ -40,11 +46,21 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
     if not path.is_file():
         raise CheckpointError(f'checkpoint not found: {path} (check the path)')
     if path.suffix == '.safetensors':
+        from safetensors import safe_open
         from safetensors.torch import load_file
         try:
-            return load_file(str(path), device=str(map_location))
+            tensors = load_file(str(path), device=str(map_location))
+            with safe_open(str(path), framework='pt') as file:
+                header = file.metadata() or {}
         except Exception as error:  # safetensors raises several unrelated types
             raise CheckpointError(f'cannot read safetensors file {path}: {error}') from None
+        if SAFETENSORS_METADATA_KEY not in header:
+            return tensors
+        try:
+            metadata = json.loads(header[SAFETENSORS_METADATA_KEY])
+        except ValueError:
+            raise CheckpointError(f'{path}: its {SAFETENSORS_METADATA_KEY} header is not valid JSON') from None
+        return {'state_dict': tensors, 'metadata': metadata}  # the training checkpoint's shape
     try:
         # argparse.Namespace is what timm/DeiT training scripts store under 'args'; it is plain data.
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -60,6 +76,36 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
                               f'format)') from None
     except (RuntimeError, EOFError, OSError) as error:
         raise CheckpointError(f'cannot read checkpoint {path}: {error} (the file may be truncated or corrupt)') from None
+
+
+def checkpoint_model_kwargs(checkpoint: Any) -> dict[str, Any] | None:
+    """The constructor arguments a training run used: ``metadata['model_kwargs']``, else ``args['model_kwargs']``
+    (train.py and timm's train.py both store the latter; timm's as an argparse Namespace)."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    metadata = checkpoint.get('metadata')
+    if isinstance(metadata, Mapping) and isinstance(metadata.get('model_kwargs'), Mapping):
+        return dict(metadata['model_kwargs'])
+    args = checkpoint.get('args')
+    if args is not None and not isinstance(args, Mapping):
+        args = getattr(args, '__dict__', None)
+    if isinstance(args, Mapping) and isinstance(args.get('model_kwargs'), Mapping):
+        return dict(args['model_kwargs'])
+    return None
+
+
+def portable_metadata(checkpoint: Any) -> dict[str, Any]:
+    """What evaluating these weights later needs besides the tensors: the checkpoint's ``metadata`` with the model
+    name (``arch`` in timm's checkpoints) and constructor arguments filled in where only ``args`` had them."""
+    if not isinstance(checkpoint, Mapping):
+        return {}
+    metadata = dict(checkpoint['metadata']) if isinstance(checkpoint.get('metadata'), Mapping) else {}
+    if not metadata.get('model') and isinstance(checkpoint.get('arch'), str):
+        metadata['model'] = checkpoint['arch']
+    kwargs = checkpoint_model_kwargs(checkpoint)
+    if kwargs and not metadata.get('model_kwargs'):
+        metadata['model_kwargs'] = kwargs
+    return metadata
 
 
 def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:

@@ -147,3 +147,45 @@ def test_safetensors_round_trip_and_convert_command(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count('\n') == 0 and 'must end in .safetensors' in bad.stderr
     assert not os.path.exists(tmp_path / 'x.pth')
+
+
+def test_converted_training_checkpoint_keeps_what_validate_needs(tmp_path):
+    """Model name, model_kwargs (only in args, as timm's train.py stores them), class names and input size survive
+    conversion, so validate.py evaluates the .safetensors file exactly like the original, with no extra flags."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    import validate
+
+    torch.manual_seed(0)
+    model = timm.create_model('robust_resnet_dw_pico', num_classes=3, patch_size=4)
+    source = tmp_path / 'last.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'args': {'model_kwargs': {'patch_size': 4}},
+                'metadata': {'model': 'robust_resnet_dw_pico', 'class_names': ['ant', 'bee', 'cat'],
+                             'num_classes': 3, 'input_size': [3, 32, 32]}}, source)
+    output = tmp_path / 'last.safetensors'
+    done = subprocess.run([sys.executable, '-m', 'robustcnn', 'convert', str(source), str(output)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and 'metadata (class_names, input_size, model, model_kwargs' in done.stdout
+    loaded = load_checkpoint_file(output)
+    assert loaded['metadata']['model_kwargs'] == {'patch_size': 4}
+    assert loaded['metadata']['class_names'] == ['ant', 'bee', 'cat']
+    rng = np.random.default_rng(0)
+    for name in ('bee', 'cat'):
+        (tmp_path / 'val' / name).mkdir(parents=True)
+        for index in range(3):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / 'val' / name / f'{index}.png')
+    results = {}
+    for weights in (source, output):
+        path = tmp_path / f'{weights.name}.json'
+        assert validate.main([str(tmp_path / 'val'), '--dataset', 'folder', '--checkpoint', str(weights),
+                              '--workers', '0', '--log-freq', '0', '--results-file', str(path)]) == 0
+        payload = json.loads(path.read_text())
+        entry = {key: value for key, value in payload['results']['folder'].items() if key != 'elapsed_seconds'}
+        results[weights.suffix] = (payload['model'], entry)
+    assert results['.safetensors'] == results['.tar']
+    assert results['.tar'][1]['num_samples'] == 6 and results['.tar'][1]['preprocessing']['input_size'] == [3, 32, 32]

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..checkpoint import (atomic_write_text, check_state_dict_fits, extract_state_dict,
+from ..checkpoint import (atomic_write_text, check_state_dict_fits, checkpoint_model_kwargs, extract_state_dict,
                           load_checkpoint_file)
 from ..cli import UsageError
 from ..data.folder import ClassFolderDataset
@@ -137,22 +137,6 @@ def find_suite_datasets(request: ValidationRequest) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------------------------------- model
 
-def _checkpoint_model_kwargs(checkpoint: Any) -> dict[str, Any] | None:
-    """The constructor arguments a training run used: ``metadata['model_kwargs']``, else ``args['model_kwargs']``
-    (train.py and timm's train.py both store the latter; timm's as an argparse Namespace)."""
-    if not isinstance(checkpoint, Mapping):
-        return None
-    metadata = checkpoint.get('metadata')
-    if isinstance(metadata, Mapping) and isinstance(metadata.get('model_kwargs'), Mapping):
-        return dict(metadata['model_kwargs'])
-    args = checkpoint.get('args')
-    if args is not None and not isinstance(args, Mapping):
-        args = getattr(args, '__dict__', None)
-    if isinstance(args, Mapping) and isinstance(args.get('model_kwargs'), Mapping):
-        return dict(args['model_kwargs'])
-    return None
-
-
 def apply_checkpoint_defaults(request: ValidationRequest, checkpoint: Any, model_name: str) -> ValidationRequest:
     """Fill what the user left unset from the training checkpoint: model arguments and evaluation preprocessing.
 
@@ -168,7 +152,7 @@ def apply_checkpoint_defaults(request: ValidationRequest, checkpoint: Any, model
     changes: dict[str, Any] = {}
     if request.model_kwargs is None:
         stored_model = metadata.get('model') or checkpoint.get('arch')
-        kwargs = _checkpoint_model_kwargs(checkpoint)
+        kwargs = checkpoint_model_kwargs(checkpoint)
         if kwargs and (stored_model is None or stored_model == model_name):
             changes['model_kwargs'] = kwargs
         elif kwargs:
