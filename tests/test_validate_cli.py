@@ -122,6 +122,16 @@ def test_missing_dataset_fails_in_one_line_before_the_model_loads(tmp_path: Path
     assert code == 2 and len(err.splitlines()) == 1 and 'ImageNet-R folder not found' in err
 
 
+def test_a_folder_outside_the_label_space_is_named_with_the_label_space_size(tmp_path: Path, checkpoint: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    build_wnid_tree(tmp_path / 'val', {1: [1], 2: [2]})
+    trees.write_class_folder(tmp_path / 'val' / 'not_a_wnid', [3])
+    assert run_main([str(tmp_path / 'val'), '--dataset', 'imagenet'] + common(checkpoint)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert 'class folder(s) not_a_wnid under' in err and '(1000 classes, ImageNet-1k wnids' in err
+
+
 def test_checkpoint_for_another_architecture_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     build_wnid_tree(tmp_path / 'data', {1: [1]})
     other = tmp_path / 'other.pth'

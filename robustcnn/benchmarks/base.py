@@ -106,8 +106,13 @@ class ClassFolderBenchmark(Benchmark):
                 )
             class_to_index = {folder: positions[folder_classes[folder]] for folder in folders}
         else:
-            class_to_index = {folder: label_space.class_to_index[folder_classes[folder]]
-                              for folder in folders if folder_classes[folder] in label_space.class_to_index}
+            unknown = [folder for folder in folders if folder_classes[folder] not in label_space.class_to_index]
+            if unknown:
+                raise DatasetLayoutError(
+                    f'class folder(s) {", ".join(unknown[:5])}{" ..." if len(unknown) > 5 else ""} under {root} are '
+                    f'not in the label space ({len(label_space)} classes, {label_space.source}); pass --class-map '
+                    f'with the model\'s class list')
+            class_to_index = {folder: label_space.class_to_index[folder_classes[folder]] for folder in folders}
         try:
             samples = scan_class_folders(root, class_to_index, folders)
         except ValueError as error:
