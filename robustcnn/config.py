@@ -20,7 +20,7 @@ import yaml
 from .cli import OneLineErrorParser, UsageError
 
 __all__ = [
-    'ConfigError', 'build_train_parser', 'parse_train_args', 'load_yaml_config', 'apply_yaml_defaults',
+    'INTERPOLATIONS', 'ConfigError', 'build_train_parser', 'parse_train_args', 'load_yaml_config', 'apply_yaml_defaults',
     'args_to_yaml', 'effective_learning_rate', 'total_batch_size', 'resolve_device_defaults',
 ]
 
@@ -381,6 +381,49 @@ def finalize_train_args(args: argparse.Namespace) -> None:
             raise ConfigError(f'{flag} file not found: {path}')
     if args.opt_betas is not None and len(args.opt_betas) != 2:
         raise ConfigError(f'--opt-betas expects 2 values, got {len(args.opt_betas)}')
+    _check_augmentation_args(args)
+
+
+# Interpolations timm understands; Pillow's geometric ops (RandAugment's rotate/shear/translate, which timm hands the
+# training interpolation) take only the first three, so the others cannot be combined with --aa.
+_GEOMETRIC_INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic')
+INTERPOLATIONS = _GEOMETRIC_INTERPOLATIONS + ('lanczos', 'box', 'hamming')
+_MAX_SEED = 2 ** 32 - 1  # per-sample seeds are derived as seed * ~1e6 + ...; torch generators take 64 bits
+
+
+def _check_augmentation_args(args: argparse.Namespace) -> None:
+    """Values argparse lets through but that would fail on the first batch (or in a worker), named now."""
+    if args.train_interpolation not in INTERPOLATIONS + ('random',):
+        raise ConfigError(f'--train-interpolation must be one of {", ".join(INTERPOLATIONS + ("random",))}, got '
+                          f'{args.train_interpolation!r}')
+    if args.interpolation and args.interpolation not in INTERPOLATIONS:
+        raise ConfigError(f'--interpolation must be one of {", ".join(INTERPOLATIONS)}, got {args.interpolation!r}')
+    if args.aa and args.train_interpolation not in _GEOMETRIC_INTERPOLATIONS + ('random',):
+        raise ConfigError(f'--train-interpolation {args.train_interpolation} cannot be used with --aa {args.aa}: '
+                          f'its rotate/shear/translate ops accept {", ".join(_GEOMETRIC_INTERPOLATIONS)} or random')
+    if args.aa:
+        from timm.data.auto_augment import auto_augment_transform, augment_and_mix_transform, rand_augment_transform
+        hparams = {'translate_const': 100, 'img_mean': (124, 116, 104)}
+        builders = {'rand': rand_augment_transform, 'augmix': augment_and_mix_transform}
+        builder = builders.get(args.aa.split('-')[0], auto_augment_transform)
+        try:  # timm parses the policy string when the transform is built; do it now for a one-line error
+            builder(args.aa, dict(hparams))
+        except (AssertionError, ValueError, KeyError, IndexError) as error:
+            raise ConfigError(f'--aa {args.aa!r} is not a timm augmentation policy ({error or "bad format"}); '
+                              f'e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0, original, or none') from None
+    low, high = args.ratio
+    if not 0 < low <= high:
+        raise ConfigError(f'--ratio takes two positive aspect ratios, low <= high, got {low} {high}')
+    low, high = args.scale
+    if not 0 < low <= high <= 1:
+        raise ConfigError(f'--scale takes two area fractions with 0 < low <= high <= 1, got {low} {high}')
+    jitter = args.color_jitter if isinstance(args.color_jitter, (list, tuple)) else [args.color_jitter]
+    if any(value is not None and value < 0 for value in jitter):
+        raise ConfigError(f'--color-jitter must be 0 or more, got {args.color_jitter}')
+    if args.input_size is not None and args.input_size[0] != 3:
+        raise ConfigError(f'--input-size C H W: C must be 3 (images are read as RGB), got {args.input_size[0]}')
+    if args.seed > _MAX_SEED:
+        raise ConfigError(f'--seed must be at most {_MAX_SEED}, got {args.seed}')
 
 
 def args_to_yaml(args: argparse.Namespace) -> str:

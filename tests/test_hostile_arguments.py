@@ -46,6 +46,14 @@ TRAIN_CASES = {
     'resume plain weights': (['--resume', '{root}/other_architecture.pth'], 'not a training checkpoint'),
     'resume other architecture': (['--resume', '{root}/other_training.pth'], 'robust_resnet_inverted_dw_nano'),
     'resume garbage': (['--resume', '{root}/garbage.pth'], 'garbage.pth'),
+    # values argparse accepts that used to fail on the first batch or in a loader worker
+    'unknown aa policy': (['--aa', 'foo'], "--aa 'foo' is not a timm augmentation policy"),
+    'lanczos with randaugment': (['--train-interpolation', 'lanczos'], 'cannot be used with --aa'),
+    'unknown interpolation': (['--interpolation', 'foo'], '--interpolation must be one of'),
+    'zero aspect ratio': (['--ratio', '0', '1'], '--ratio takes two positive'),
+    'negative color jitter': (['--aa', 'none', '--color-jitter', '-1'], '--color-jitter must be 0 or more'),
+    'one channel input': (['--input-size', '1', '32', '32'], 'C must be 3'),
+    'seed too large': (['--seed', '99999999999999'], '--seed must be at most'),
 }
 
 VALIDATE_CASES = {
@@ -58,6 +66,8 @@ VALIDATE_CASES = {
                            'does not fit'),
     'unknown class folders': (['{data}/val', '--dataset', 'imagenet', '--checkpoint',
                                '{root}/other_architecture.pth'], 'apple'),
+    'unknown interpolation': (['{data}/val', '--dataset', 'folder', '--interpolation', 'lanczos3'],
+                              '--interpolation must be one of'),
 }
 
 
