@@ -41,6 +41,17 @@ def hostile_tree(tmp_path):
         'truncated.jpg': full.getvalue()[:len(full.getvalue()) // 2],
         'text.png': b'this is not an image at all',
     }
+    # damaged TIFF tags: Pillow raises TypeError (rational strip offsets) and OverflowError (signed colour map)
+    tiff = io.BytesIO()
+    Image.new('RGB', (37, 23)).save(tiff, format='TIFF')
+    offsets = bytearray(tiff.getvalue())
+    offsets[offsets.find(bytes.fromhex('11010400')) + 2] = 10
+    bad['bad_offsets.tif'] = bytes(offsets)
+    tiff = io.BytesIO()
+    Image.new('RGB', (37, 23), (5, 100, 200)).convert('P').save(tiff, format='TIFF')
+    colour_map = bytearray(tiff.getvalue())
+    colour_map[colour_map.find(bytes.fromhex('40010300')) + 2] = 6
+    bad['bad_colormap.tif'] = bytes(colour_map)
     for name, content in bad.items():
         (root / name).write_bytes(content)
     _save(Image.new('L', (3000, 3000)), root / 'bomb.png')  # over the (test-lowered) pixel limit below
@@ -76,7 +87,8 @@ def test_sixteen_bit_midtones_are_scaled():
     assert load_rgb_image(buffer).getpixel((0, 0)) == (128, 128, 128)
 
 
-@pytest.mark.parametrize('name', ['empty.jpg', 'truncated.jpg', 'text.png', 'bomb.png'])
+@pytest.mark.parametrize('name', ['empty.jpg', 'truncated.jpg', 'text.png', 'bomb.png', 'bad_offsets.tif',
+                                  'bad_colormap.tif'])
 def test_undecodable_files_raise_decode_error_naming_the_file(hostile_tree, small_pixel_limit, name):
     root, _, _ = hostile_tree
     with pytest.raises(ImageDecodeError, match=name):
