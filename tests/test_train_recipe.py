@@ -222,6 +222,34 @@ def test_a_non_finite_loss_stops_training():
     assert saved == []                                       # nothing was saved after the loss went bad
 
 
+@pytest.mark.parametrize('poisoned_update,saved_before', [(3, 2), (2, 1)])
+def test_weights_made_non_finite_by_an_update_are_never_saved(poisoned_update, saved_before):
+    """The loss of every batch is finite, but an update overflows the weights: at the epoch's end (the epoch
+    checkpoint comes next) or before a recovery save, training stops instead of saving weights no resume survives."""
+    loader = _batches(torch.Generator().manual_seed(0), [4, 4, 4])
+    model = torch.nn.Linear(6, 3)
+
+    class OverflowingSGD(torch.optim.SGD):
+        updates = 0
+
+        def step(self, closure=None):
+            result = super().step(closure)
+            OverflowingSGD.updates += 1
+            if OverflowingSGD.updates == poisoned_update:
+                with torch.no_grad():
+                    model.weight[1, 2] = float('inf')
+            return result
+
+    saved = []
+    with pytest.raises(NonFiniteLossError, match=f'weights became NaN or infinite in epoch 2 in the update at batch '
+                                                 f'{poisoned_update}/3') as error:
+        train_one_epoch(model, loader, OverflowingSGD(model.parameters(), lr=0.1), torch.nn.CrossEntropyLoss(), CPU,
+                        epoch=2, num_batches=3, log_interval=100, recovery_interval=1,
+                        save_recovery=lambda *a: saved.append(a))
+    assert [entry[0] for entry in saved] == list(range(1, saved_before + 1))  # only weights before the overflow
+    assert error.value.batch_index == poisoned_update  # recovery files from this batch on hold the bad weights
+
+
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     import random
     import numpy as np

@@ -133,17 +133,30 @@ def train_one_epoch(
                 'num_samples': int(sample_total + before.get('num_samples', 0)),
                 'failed_images': int(failed_total + before.get('failed_images', 0))}
 
-    def check_finite() -> None:
-        """Stop every process together if any saw a non-finite loss (a collective: all processes call it)."""
+    advice = ('stopped without saving. Lower --lr, add --clip-grad, or use --amp-dtype bfloat16; then --resume auto '
+              'continues from the last good checkpoint')
+
+    def check_finite(check_weights: bool = False) -> None:
+        """Stop every process together if any saw a non-finite loss (a collective: all processes call it).
+
+        ``check_weights`` (before anything is saved): also the weights, since the update after the last finite loss
+        can still overflow them, and a checkpoint of such weights would fail every resume.
+        """
         slots = torch.zeros(runtime.world_size, dtype=torch.long, device=device)
         slots[runtime.rank] = first_bad_batch + 1
         reported = [value - 1 for value in runtime.all_reduce_sum(slots).tolist() if value > 0]
         if reported:
             first = min(reported)
             raise NonFiniteLossError(
-                f'training loss became NaN or infinite in epoch {epoch} at batch {first + 1}/{num_batches}; stopped '
-                f'without saving. Lower --lr, add --clip-grad, or use --amp-dtype bfloat16; then --resume auto '
-                f'continues from the last good checkpoint', epoch=epoch, batch_index=first)
+                f'training loss became NaN or infinite in epoch {epoch} at batch {first + 1}/{num_batches}; {advice}',
+                epoch=epoch, batch_index=first)
+        if check_weights and parameters:
+            bad = torch.stack([torch.isfinite(parameter).all() for parameter in parameters]).all().logical_not()
+            if runtime.all_reduce_sum(bad.long().reshape(1)).item():
+                # the weights used from the next batch on are bad: recovery files from there on get removed
+                raise NonFiniteLossError(
+                    f'weights became NaN or infinite in epoch {epoch} in the update at batch '
+                    f'{batch_index + 1}/{num_batches}; {advice}', epoch=epoch, batch_index=batch_index + 1)
 
     runtime.step_done()  # XLA: the fresh accumulators become device data, so the first step compiles like the rest
     batch_index = start_batch - 1
@@ -211,12 +224,12 @@ def train_one_epoch(
                 interval_samples, interval_time = 0, now
             if save_recovery is not None and recovery_interval and num_updates % recovery_interval == 0 \
                     and batch_index + 1 < num_batches:
-                check_finite()
+                check_finite(check_weights=True)
                 save_recovery(batch_index + 1, num_updates, summed_totals())
             kill_after_update(num_updates)
         wait_start = time.perf_counter()
 
-    check_finite()
+    check_finite(check_weights=True)  # the epoch's checkpoint is written next
     runtime.synchronize()
     seconds = time.perf_counter() - start_time
     totals = summed_totals()
