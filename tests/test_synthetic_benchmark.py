@@ -149,6 +149,18 @@ def test_cached_folder_is_reused_and_foreign_folders_refused(tiny_root: Path, tm
         ensure_benchmark(TINY, incomplete)
 
 
+def test_demo_on_a_foreign_benchmark_folder_is_a_one_line_error(tiny_root: Path, capsys) -> None:
+    from robustcnn.cli import run_cli
+    from robustcnn.synthetic.demo import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ['--data-dir', str(tiny_root), '--seed', '7', '--output', str(tiny_root.parent / 'out')],
+                prog='demo.py')
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and 'Traceback' not in err
+    assert err.splitlines()[-1].startswith('demo.py: error:') and 'another version/configuration' in err
+
+
 def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch) -> None:
     calls = []
     real_task = synthetic._run_task

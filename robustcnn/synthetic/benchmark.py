@@ -39,6 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
+from ..cli import UsageError
 from .corruptions import CORRUPTIONS, corrupt
 from .shapes import SHAPE_NAMES, ShapePlacement, render_mask, render_outline
 from .textures import TEXTURE_NAMES, colorize, smooth_noise, texture_pattern
@@ -67,8 +68,9 @@ MANIFEST_NAME = 'manifest.json'
 _STREAMS = {'train': 1, 'val': 2, 'stylized': 3, 'sketch': 4, 'rendition': 5, 'corruption': 6}
 
 
-class SyntheticBenchmarkError(RuntimeError):
-    """A cache folder exists but is not a complete benchmark of the requested configuration."""
+class SyntheticBenchmarkError(UsageError):
+    """A cache folder exists but is not a complete benchmark of the requested configuration (a user error: the
+    command names another folder, so it is reported in one line)."""
 
 
 @dataclass(frozen=True)
