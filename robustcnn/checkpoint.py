@@ -187,6 +187,18 @@ def check_state_dict_fits(
         )
 
 
+def _interrupted(error: BaseException) -> bool:
+    """Whether ``error`` is, or was raised while handling, a KeyboardInterrupt."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _atomic_write(path: str | os.PathLike, write: Any) -> Path:
     """Write through ``write(file)`` into a temp file beside ``path``, fsync, then rename over ``path``."""
     path = Path(path)
@@ -204,6 +216,8 @@ def _atomic_write(path: str | os.PathLike, write: Any) -> Path:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
+        if _interrupted(error):  # Ctrl-C inside torch.save comes out as a RuntimeError: keep it an interrupt
+            raise KeyboardInterrupt from error
         # e.g. disk full (torch.save reports it as a RuntimeError): say that nothing the user had was lost
         if isinstance(error, (OSError, RuntimeError)):
             previous = 'the previous file there is unchanged' if path.exists() else 'no file was written'

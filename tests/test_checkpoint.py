@@ -107,6 +107,40 @@ def test_atomic_save_leaves_previous_file_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ['last.pth.tar'], 'no temp file left behind'
 
 
+def test_ctrl_c_inside_torch_save_stays_an_interrupt(tmp_path, monkeypatch):
+    """torch.save turns a KeyboardInterrupt raised in a file write into a RuntimeError; the user pressed Ctrl-C, so
+    the run must end as interrupted (exit 130), not as a failed write, and the old file must survive."""
+    path = tmp_path / 'last.pth.tar'
+    atomic_save({'epoch': 1}, path)
+    real_open = ckpt.os.fdopen
+
+    class InterruptedFile:
+        def __init__(self, file):
+            self.file, self.writes = file, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise KeyboardInterrupt
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+    monkeypatch.setattr(ckpt.os, 'fdopen', lambda fd, mode: InterruptedFile(real_open(fd, mode)))
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({'epoch': 2, 'w': torch.zeros(1000)}, path)
+    monkeypatch.setattr(ckpt.os, 'fdopen', real_open)
+    assert torch.load(path, weights_only=True) == {'epoch': 1}
+    assert [p.name for p in tmp_path.iterdir()] == ['last.pth.tar'], 'no temp file left behind'
+
+
 def test_atomic_save_killed_mid_write_never_leaves_a_partial_file(tmp_path):
     """SIGKILL while a large checkpoint is being written: the target is the old file or the new one, never half."""
     path = tmp_path / 'ckpt.pth'
