@@ -22,7 +22,7 @@ from .faults import kill_point
 __all__ = [
     'CheckpointError', 'load_checkpoint_file', 'extract_state_dict', 'clean_state_dict', 'load_model_weights',
     'atomic_save', 'atomic_write_bytes', 'atomic_write_text', 'save_safetensors', 'checkpoint_model_kwargs',
-    'portable_metadata', 'SAFETENSORS_METADATA_KEY',
+    'portable_metadata', 'SAFETENSORS_METADATA_KEY', 'raised_by_interrupt',
 ]
 
 # Where a .safetensors file written by ``robustcnn convert`` keeps the training metadata (model, model_kwargs,
@@ -187,7 +187,7 @@ def check_state_dict_fits(
         )
 
 
-def _interrupted(error: BaseException) -> bool:
+def raised_by_interrupt(error: BaseException) -> bool:
     """Whether ``error`` is, or was raised while handling, a KeyboardInterrupt."""
     seen: set[int] = set()
     current: BaseException | None = error
@@ -216,7 +216,7 @@ def _atomic_write(path: str | os.PathLike, write: Any) -> Path:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
-        if _interrupted(error):  # Ctrl-C inside torch.save comes out as a RuntimeError: keep it an interrupt
+        if raised_by_interrupt(error):  # Ctrl-C inside torch.save comes out as a RuntimeError: keep it an interrupt
             raise KeyboardInterrupt from error
         # e.g. disk full (torch.save reports it as a RuntimeError): say that nothing the user had was lost
         if isinstance(error, (OSError, RuntimeError)):

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Callable, NoReturn, Sequence
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, raised_by_interrupt
 
 __all__ = ['UsageError', 'USER_ERRORS', 'OneLineErrorParser', 'run_cli', 'setup_logging']
 
@@ -62,6 +62,12 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print(f'{prog}: interrupted', file=sys.stderr)
         sys.exit(130)
+    except Exception as error:
+        # Ctrl-C also reaches the DataLoader workers, whose death the loader then reports as its own RuntimeError
+        if raised_by_interrupt(error):
+            print(f'{prog}: interrupted', file=sys.stderr)
+            sys.exit(130)
+        raise
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)

@@ -106,3 +106,23 @@ def test_validate_rejects_hostile_arguments_in_one_line(files, case, capsys, tmp
         argv += ['--checkpoint', str(Path(root) / 'other_architecture.pth')]
     _assert_rejected_in_one_line(validate.main, argv, 'validate.py', expected, capsys)
     assert not (tmp_path / 'r.json').exists()
+
+
+def test_ctrl_c_that_a_library_rewraps_still_exits_as_interrupted(capsys):
+    """A DataLoader whose workers died of the same Ctrl-C raises its own RuntimeError while handling the
+    KeyboardInterrupt: that is an interrupt (exit 130), while any other RuntimeError keeps its traceback."""
+    def rewrapped(argv):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError('DataLoader worker (pid 123) exited unexpectedly')
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(rewrapped, [], prog='train.py')
+    assert exit_info.value.code == 130 and capsys.readouterr().err.strip() == 'train.py: interrupted'
+
+    def plain_bug(argv):
+        raise RuntimeError('a real bug')
+
+    with pytest.raises(RuntimeError, match='a real bug'):
+        run_cli(plain_bug, [], prog='train.py')
