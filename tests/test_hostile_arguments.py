@@ -126,3 +126,18 @@ def test_ctrl_c_that_a_library_rewraps_still_exits_as_interrupted(capsys):
 
     with pytest.raises(RuntimeError, match='a real bug'):
         run_cli(plain_bug, [], prog='train.py')
+
+
+def test_images_too_small_for_the_model_are_one_line(tmp_path, capsys, monkeypatch):
+    """--resize_mode none feeds images as they are; one narrower than the stem's 16x16 window is a user error."""
+    from PIL import Image
+
+    monkeypatch.delenv('ROBUSTCNN_TRACEBACK', raising=False)
+    folder = tmp_path / 'val' / 'n01440764'
+    folder.mkdir(parents=True)
+    Image.new('RGB', (50, 1)).save(folder / 'strip.png')
+    weights = tmp_path / 'pico.pth'
+    torch.save(timm.create_model('robust_resnet_dw_pico').state_dict(), weights)
+    argv = [str(tmp_path / 'val'), '--dataset', 'imagenet', '--resize_mode', 'none', '-b', '1', '--model',
+            'robust_resnet_dw_pico', '--checkpoint', str(weights), '--workers', '0']
+    _assert_rejected_in_one_line(validate.main, argv, 'validate.py', 'images of 1x50 pixels are too small', capsys)

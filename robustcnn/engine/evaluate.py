@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..cli import UsageError
 from ..faults import kill_point
 from .runtime import IGNORE_TARGET, runtime_inference_mode
 
@@ -83,6 +84,23 @@ def _steps_every_process_takes(loader: Any, world_size: int) -> int | None:
         return None
     shortest = min(sampler.shard_length(rank) for rank in range(world_size))
     return shortest // batch_size if getattr(loader, 'drop_last', False) else math.ceil(shortest / batch_size)
+
+
+# What convolutions and pooling say when a picture is smaller than their window (the stem's, a stage's).
+_TOO_SMALL_MESSAGES = ("can't be greater than actual input size", 'Output size is too small')
+
+
+def _forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``model(images)``; an image smaller than the model's windows (``--resize_mode none`` with tiny images) is a
+    user error with a one-line message, not a convolution traceback."""
+    try:
+        return model(images)
+    except RuntimeError as error:
+        if any(text in str(error) for text in _TOO_SMALL_MESSAGES):
+            height, width = images.shape[-2:]
+            raise UsageError(f'images of {height}x{width} pixels are too small for the model '
+                             f'({str(error).splitlines()[0]}); use --resize_mode resize_center_crop or resize') from None
+        raise
 
 
 @runtime_inference_mode
@@ -167,7 +185,7 @@ def evaluate(
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with runtime.autocast(amp_dtype):
-                    output = model(images)
+                    output = _forward(model, images)
                 output = output.float()
                 if subset is not None:
                     output = output.index_select(1, subset)
