@@ -197,3 +197,15 @@ def test_default_folder_name_and_cache_root(monkeypatch, tmp_path: Path) -> None
     assert name.startswith('synthetic-v1-seed3-') and name != SyntheticConfig(seed=3).folder_name()
     with pytest.raises(ValueError, match='cannot exceed'):
         SyntheticConfig(val_per_class=2, shift_per_class=3)
+
+
+def test_the_console_entry_point_runs_the_demo(tiny_root: Path) -> None:
+    """`robustcnn demo ...` is scripts/demo.py for installed copies without the scripts folder."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, '-m', 'robustcnn', 'demo', '--help'], capture_output=True, text=True)
+    assert done.returncode == 0 and '--texture-correlation' in done.stdout
+    refused = subprocess.run([sys.executable, '-m', 'robustcnn', 'demo', '--data-dir', str(tiny_root), '--seed', '7',
+                              '--output', str(tiny_root.parent / 'out')], capture_output=True, text=True)
+    assert refused.returncode == 2 and 'another version/configuration' in refused.stderr
