@@ -20,8 +20,8 @@ import yaml
 from .cli import OneLineErrorParser, UsageError
 
 __all__ = [
-    'INTERPOLATIONS', 'ConfigError', 'build_train_parser', 'parse_train_args', 'load_yaml_config', 'apply_yaml_defaults',
-    'args_to_yaml', 'effective_learning_rate', 'total_batch_size', 'resolve_device_defaults',
+    'INTERPOLATIONS', 'ConfigError', 'build_train_parser', 'parse_train_args', 'load_yaml_config',
+    'apply_yaml_defaults', 'args_to_yaml', 'effective_learning_rate', 'total_batch_size', 'resolve_device_defaults',
 ]
 
 DEFAULT_AUTO_AUGMENT = 'rand-m9-mstd0.5-inc1'
@@ -401,16 +401,6 @@ def _check_augmentation_args(args: argparse.Namespace) -> None:
     if args.aa and args.train_interpolation not in _GEOMETRIC_INTERPOLATIONS + ('random',):
         raise ConfigError(f'--train-interpolation {args.train_interpolation} cannot be used with --aa {args.aa}: '
                           f'its rotate/shear/translate ops accept {", ".join(_GEOMETRIC_INTERPOLATIONS)} or random')
-    if args.aa:
-        from timm.data.auto_augment import auto_augment_transform, augment_and_mix_transform, rand_augment_transform
-        hparams = {'translate_const': 100, 'img_mean': (124, 116, 104)}
-        builders = {'rand': rand_augment_transform, 'augmix': augment_and_mix_transform}
-        builder = builders.get(args.aa.split('-')[0], auto_augment_transform)
-        try:  # timm parses the policy string when the transform is built; do it now for a one-line error
-            builder(args.aa, dict(hparams))
-        except (AssertionError, ValueError, KeyError, IndexError) as error:
-            raise ConfigError(f'--aa {args.aa!r} is not a timm augmentation policy ({error or "bad format"}); '
-                              f'e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0, original, or none') from None
     low, high = args.ratio
     if not 0 < low <= high:
         raise ConfigError(f'--ratio takes two positive aspect ratios, low <= high, got {low} {high}')
@@ -422,6 +412,14 @@ def _check_augmentation_args(args: argparse.Namespace) -> None:
         raise ConfigError(f'--color-jitter must be 0 or more, got {args.color_jitter}')
     if args.input_size is not None and args.input_size[0] != 3:
         raise ConfigError(f'--input-size C H W: C must be 3 (images are read as RGB), got {args.input_size[0]}')
+    if args.aa:
+        from .data.train_data import build_train_transform
+        try:  # timm parses the policy string when the transform is built: build one now for a one-line error
+            build_train_transform(args, {'input_size': (3, 32, 32), 'interpolation': 'bicubic',
+                                         'mean': (0.5,) * 3, 'std': (0.5,) * 3})
+        except (AssertionError, ValueError, KeyError, IndexError) as error:
+            raise ConfigError(f'--aa {args.aa!r} is not a timm augmentation policy ({error or "bad format"}); '
+                              f'e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0, original, or none') from None
     if args.seed > _MAX_SEED:
         raise ConfigError(f'--seed must be at most {_MAX_SEED}, got {args.seed}')
 

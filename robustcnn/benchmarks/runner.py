@@ -457,10 +457,10 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
         raise UsageError(f'--batch-size must be positive, got {request.batch_size}')
     if request.amp_dtype is not None and request.amp_dtype not in AMP_DTYPES:
         raise UsageError(f'--amp-dtype must be one of {", ".join(AMP_DTYPES)}, got {request.amp_dtype}')
-    if request.decode_on_device and runtime.kind not in ('cuda', 'cpu'):
-        raise UsageError(f'--decode-on-device works with CUDA (nvJPEG) or the CPU, not {runtime.kind}; drop it to '
-                         f'decode in the loader workers')
     if request.decode_on_device:
+        if runtime.kind not in ('cuda', 'cpu'):
+            raise UsageError(f'--decode-on-device works with CUDA (nvJPEG) or the CPU, not {runtime.kind}; drop it '
+                             f'to decode in the loader workers')
         _logger.info('JPEGs are decoded on %s in batches (torchvision decode_jpeg%s); workers read the files',
                      runtime.device, ', nvJPEG' if runtime.kind == 'cuda' else '')
     if request.clean_error is not None and not 0 <= request.clean_error <= 100:
