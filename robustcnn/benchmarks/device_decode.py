@@ -82,16 +82,17 @@ def is_plain_jpeg(data: bytes) -> bool:
 class JpegBytesDataset(ClassFolderDataset):
     """``ClassFolderDataset`` whose plain JPEGs come out as :class:`EncodedJpeg`; other files are decoded as usual."""
 
-    def _load(self, index: int) -> Any:
+    def _load(self, index: int, data: bytes | None = None) -> Any:
         path = self.samples[index][0]
-        try:
-            with open(path, 'rb') as file:
-                data = file.read()
-        except OSError as error:
-            raise ImageDecodeError(f'{path}: {error}') from None
+        if data is None:
+            try:
+                with open(path, 'rb') as file:
+                    data = file.read()
+            except OSError as error:
+                raise ImageDecodeError(f'{path}: {error}') from None
         if is_plain_jpeg(data):
             return EncodedJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        return super()._load(index)
+        return super()._load(index, data)  # decoded from the bytes already read
 
 
 class EncodedBatch(NamedTuple):

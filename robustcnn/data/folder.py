@@ -6,6 +6,7 @@ or replaced by the next readable sample (training), and counted in every batch (
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -31,17 +32,18 @@ class ImageDecodeError(OSError):
     """An image file exists but cannot be turned into an RGB picture."""
 
 
-def load_rgb_image(path: str | os.PathLike) -> Image.Image:
+def load_rgb_image(path: str | os.PathLike, data: bytes | None = None) -> Image.Image:
     """Open any common image as 8-bit RGB (grayscale, palette, CMYK, RGBA, 16-bit), or raise ImageDecodeError.
 
     Everything is PIL's ``convert('RGB')``, the reference loaders' conversion, except 16-bit grayscale, which PIL
-    clips (any value over 255 becomes white) and which is scaled to 8 bits here instead.
+    clips (any value over 255 becomes white) and which is scaled to 8 bits here instead. ``data``: the file's bytes
+    when the caller already read them (``path`` then only names the file in errors).
     """
     try:
         with warnings.catch_warnings():
             # An image over PIL's pixel limit warns first and raises past twice the limit; both count as hostile.
             warnings.simplefilter('error', Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path if data is None else io.BytesIO(data)) as image:
                 image.load()
                 if image.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
                     # 16-bit (or 32-bit int) grayscale: scale to 8 bits instead of clipping to white.
@@ -142,8 +144,8 @@ class ClassFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, index: int) -> Any:
-        image = load_rgb_image(self.samples[index][0])
+    def _load(self, index: int, data: bytes | None = None) -> Any:
+        image = load_rgb_image(self.samples[index][0], data)
         return self.transform(image) if self.transform is not None else image
 
     def __getitem__(self, index: int) -> tuple[Any, int, int, int]:
