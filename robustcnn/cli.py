@@ -62,13 +62,13 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print(f'{prog}: interrupted', file=sys.stderr)
         sys.exit(130)
-    except Exception as error:
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except Exception as error:  # after BrokenPipeError, which is an Exception too
         # Ctrl-C also reaches the DataLoader workers, whose death the loader then reports as its own RuntimeError
         if raised_by_interrupt(error):
             print(f'{prog}: interrupted', file=sys.stderr)
             sys.exit(130)
         raise
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
     sys.exit(int(code or 0))

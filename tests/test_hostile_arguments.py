@@ -141,3 +141,17 @@ def test_images_too_small_for_the_model_are_one_line(tmp_path, capsys, monkeypat
     argv = [str(tmp_path / 'val'), '--dataset', 'imagenet', '--resize_mode', 'none', '-b', '1', '--model',
             'robust_resnet_dw_pico', '--checkpoint', str(weights), '--workers', '0']
     _assert_rejected_in_one_line(validate.main, argv, 'validate.py', 'images of 1x50 pixels are too small', capsys)
+
+
+def test_a_closed_output_pipe_is_a_quiet_exit_not_an_error(monkeypatch):
+    """`validate.py ... | head` stopping early raises BrokenPipeError: exit 0, not a traceback or 'interrupted'."""
+    import os
+
+    monkeypatch.setattr(os, 'dup2', lambda *args: None)  # keep pytest's stdout
+
+    def reader_went_away(argv):
+        raise BrokenPipeError
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(reader_went_away, [], prog='validate.py')
+    assert exit_info.value.code == 0
