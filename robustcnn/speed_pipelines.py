@@ -213,7 +213,8 @@ def _imagenet_c_main(argv: Sequence[str]) -> int:
             result = payload['results']['imagenet-c']
             images = result['num_samples']
             ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-            print(f'device={args.device} decode_on_device={args.decode_on_device} workers={workers} images={images} one_pipeline={ours_median:.2f}s ({images / ours_median:.1f} '
+            print(f'device={args.device} decode_on_device={args.decode_on_device} workers={workers} images={images} '
+                  f'one_pipeline={ours_median:.2f}s ({images / ours_median:.1f} '
                   f'img/s) per_folder_loaders={theirs_median:.2f}s ({images / theirs_median:.1f} img/s) '
                   f'speedup={theirs_median / ours_median:.2f}x', flush=True)
     return 0

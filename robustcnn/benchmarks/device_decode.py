@@ -30,8 +30,8 @@ from ..data.folder import ClassFolderDataset, ImageDecodeError, load_rgb_image
 from ..data.transforms import EvalPreprocessing
 from .loader import EvalBatch, stack_images
 
-__all__ = ['check_device_preprocessing', 'EncodedJpeg', 'EncodedBatch', 'JpegBytesDataset', 'collate_encoded_batch', 'decode_batch_on_device',
-           'DeviceDecodingLoader', 'is_plain_jpeg']
+__all__ = ['check_device_preprocessing', 'EncodedJpeg', 'EncodedBatch', 'JpegBytesDataset', 'collate_encoded_batch',
+           'decode_batch_on_device', 'DeviceDecodingLoader', 'is_plain_jpeg']
 
 _logger = logging.getLogger(__name__)
 

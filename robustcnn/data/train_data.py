@@ -28,8 +28,8 @@ from ..cli import UsageError
 from .folder import ClassFolderDataset, collate_folder_batch, list_class_folders, scan_class_folders
 
 __all__ = [
-    'check_split_folder', 'resolve_class_names', 'posterize_keeping_zero_bits', 'build_train_transform', 'build_eval_transform', 'SeededSampler',
-    'SeededDataset', 'build_train_loader', 'build_eval_loader', 'sample_seed',
+    'check_split_folder', 'resolve_class_names', 'posterize_keeping_zero_bits', 'build_train_transform',
+    'build_eval_transform', 'SeededSampler', 'SeededDataset', 'build_train_loader', 'build_eval_loader', 'sample_seed',
 ]
 
 _logger = logging.getLogger(__name__)

@@ -98,8 +98,9 @@ def _forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     except RuntimeError as error:
         if any(text in str(error) for text in _TOO_SMALL_MESSAGES):
             height, width = images.shape[-2:]
-            raise UsageError(f'images of {height}x{width} pixels are too small for the model '
-                             f'({str(error).splitlines()[0]}); use --resize_mode resize_center_crop or resize') from None
+            reason = str(error).splitlines()[0]
+            raise UsageError(f'images of {height}x{width} pixels are too small for the model ({reason}); use '
+                             f'--resize_mode resize_center_crop or resize') from None
         raise
 
 
