@@ -1,0 +1,20 @@
+"""Shape bias and human-likeness: Geirhos et al.'s cue-conflict, edge and silhouette stimuli and bethgelab's
+model-vs-human sets, scored in their 16-category task exactly as model-vs-human scores them.
+
+Not registered in ``robustcnn.benchmarks.BENCHMARKS`` yet: the sets are written against the per-set ``score``
+interface (``EvaluationContext.predict`` with a ``reduce``) that the evaluation-architecture change introduces.
+"""
+from __future__ import annotations
+
+from .categories import (CATEGORIES, CATEGORY_CLASS_INDICES, NUM_CATEGORIES, SixteenClassReduce,
+                         sixteen_class_probabilities, sixteen_class_probabilities_numpy)
+from .experiments import DEFAULT_SETS, MODEL_VS_HUMAN_SETS, SetSpec
+from .metrics import Trial, accuracy, consistency, decide, human_likeness, read_human_trials, shape_bias_results
+from .sets import (PARAMETRIC_BENCHMARKS, SKETCH, STYLIZED, CueConflict, Edges, SessionSet, Silhouettes,
+                   SixteenClassBenchmark, StimulusSet)
+
+__all__ = ['CATEGORIES', 'CATEGORY_CLASS_INDICES', 'NUM_CATEGORIES', 'SixteenClassReduce',
+           'sixteen_class_probabilities', 'sixteen_class_probabilities_numpy', 'DEFAULT_SETS', 'MODEL_VS_HUMAN_SETS',
+           'SetSpec', 'Trial', 'accuracy', 'consistency', 'decide', 'human_likeness', 'read_human_trials',
+           'shape_bias_results', 'PARAMETRIC_BENCHMARKS', 'SKETCH', 'STYLIZED', 'CueConflict', 'Edges', 'SessionSet',
+           'Silhouettes', 'SixteenClassBenchmark', 'StimulusSet']
