@@ -14,8 +14,8 @@ import torch
 from robustcnn.benchmarks.base import DatasetLayoutError
 from robustcnn.benchmarks.model_vs_human import (CATEGORIES, CATEGORY_CLASS_INDICES, MODEL_VS_HUMAN_SETS,
                                                  PARAMETRIC_BENCHMARKS, SKETCH, STYLIZED, CueConflict, Edges,
-                                                 Silhouettes, SixteenClassReduce, Trial, consistency, decide,
-                                                 human_likeness, read_human_trials, shape_bias_results,
+                                                 Silhouettes, SixteenClassReduce, Trial, benchmark_means, consistency,
+                                                 decide, human_likeness, read_human_trials, shape_bias_results,
                                                  sixteen_class_probabilities, sixteen_class_probabilities_numpy)
 from robustcnn.benchmarks.model_vs_human.filenames import (canonical_condition, parse_cue_conflict_name,
                                                            parse_session_name, short_image_name, texture_category)
@@ -434,3 +434,42 @@ def test_score_predicts_sixteen_class_probabilities(tmp_path):
     assert entry['preprocessing'] == {'record': ['preprocessing for', 'edges', 'none']}
     assert entry['elapsed_seconds'] == 1.5
     assert context.calls == [('edges', ('preprocessing for', 'edges', 'none'), repr(SixteenClassReduce()))]
+
+
+def test_cue_conflict_with_human_data_reports_both(tmp_path):
+    tree = build_cue_conflict_tree(tmp_path / 'cue-conflict', {'cat': ['cat1-dog2.png', 'cat2-cat1.png'],
+                                                              'dog': ['dog1-bird2.png']})
+    rows = {'subject-01': ['cat', 'cat', 'bird'], 'subject-02': ['dog', 'cat', 'dog']}
+    for subject, responses in rows.items():
+        write_raw_data(tmp_path / 'raw-data', 'cue-conflict', subject, [
+            (responses[0], 'cat', '0', f'0001_s5n_{subject[-2:]}_0_cat_00_cat1-dog2.png'),
+            (responses[1], 'cat', '0', f'0002_s5n_{subject[-2:]}_0_cat_00_cat2-cat1.png'),
+            (responses[2], 'dog', '0', f'0003_s5n_{subject[-2:]}_0_dog_00_dog1-bird2.png'),
+        ], session_column='session')
+    prepared = CueConflict().prepare(tree, IMAGENET, SimpleNamespace(human_data=tmp_path / 'raw-data'))
+    entry = CueConflict().results(prepared, one_hot(['cat', 'cat', 'dog']))  # all shape / correct
+    # humans pooled over the two conflict images each: shape cat (s01), dog (s02 for dog1); texture dog (s02 for
+    # cat1), bird (s01 for dog1) -> 2 shape, 2 texture
+    assert entry['humans']['shape_bias'] == pytest.approx(50.0) and entry['humans']['num_trials'] == 6
+    assert entry['humans']['per_category'] == {'cat': pytest.approx(50.0), 'dog': pytest.approx(50.0)}
+    # consistency on all three trials (shape category counts as right): model T T T; s01 T T F; s02 F T T
+    likeness = entry['human_likeness']
+    assert likeness['observed_consistency'] == pytest.approx(2 / 3)
+    assert likeness['accuracy_difference'] == pytest.approx((1 - 2 / 3) ** 2)
+    # expected = 1 * 2/3 = 2/3 = observed -> kappa 0 against each subject
+    assert likeness['error_consistency'] == pytest.approx(0.0)
+    assert 'per_condition' not in likeness
+
+
+def test_benchmark_means_over_the_seventeen_sets():
+    entries = {'edge': {'ood_accuracy': 50.0, 'human_likeness': {'error_consistency': 0.2,
+                                                                 'observed_consistency': 0.6,
+                                                                 'accuracy_difference': 0.01}},
+               'cue-conflict': {'ood_accuracy': 20.0},
+               'colour': {'ood_accuracy': 80.0, 'human_likeness': {'error_consistency': 0.4,
+                                                                   'observed_consistency': 0.8,
+                                                                   'accuracy_difference': 0.03}}}
+    result = benchmark_means(entries)
+    assert result['ood_accuracy'] == pytest.approx(0.5) and result['num_sets'] == 3
+    assert result['error_consistency'] == pytest.approx(0.3) and result['accuracy_difference'] == pytest.approx(0.02)
+    assert len(result['missing_sets']) == 14 and 'sketch' in result['missing_sets']

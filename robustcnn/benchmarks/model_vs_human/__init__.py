@@ -9,12 +9,13 @@ from __future__ import annotations
 from .categories import (CATEGORIES, CATEGORY_CLASS_INDICES, NUM_CATEGORIES, SixteenClassReduce,
                          sixteen_class_probabilities, sixteen_class_probabilities_numpy)
 from .experiments import DEFAULT_SETS, MODEL_VS_HUMAN_SETS, SetSpec
-from .metrics import Trial, accuracy, consistency, decide, human_likeness, read_human_trials, shape_bias_results
+from .metrics import (Trial, accuracy, benchmark_means, consistency, decide, human_likeness, human_shape_bias,
+                      read_human_trials, shape_bias_results)
 from .sets import (PARAMETRIC_BENCHMARKS, SKETCH, STYLIZED, CueConflict, Edges, SessionSet, Silhouettes,
                    SixteenClassBenchmark, StimulusSet)
 
 __all__ = ['CATEGORIES', 'CATEGORY_CLASS_INDICES', 'NUM_CATEGORIES', 'SixteenClassReduce',
            'sixteen_class_probabilities', 'sixteen_class_probabilities_numpy', 'DEFAULT_SETS', 'MODEL_VS_HUMAN_SETS',
-           'SetSpec', 'Trial', 'accuracy', 'consistency', 'decide', 'human_likeness', 'read_human_trials',
-           'shape_bias_results', 'PARAMETRIC_BENCHMARKS', 'SKETCH', 'STYLIZED', 'CueConflict', 'Edges', 'SessionSet',
-           'Silhouettes', 'SixteenClassBenchmark', 'StimulusSet']
+           'SetSpec', 'Trial', 'accuracy', 'benchmark_means', 'human_shape_bias', 'consistency', 'decide',
+           'human_likeness', 'read_human_trials', 'shape_bias_results', 'PARAMETRIC_BENCHMARKS', 'SKETCH', 'STYLIZED',
+           'CueConflict', 'Edges', 'SessionSet', 'Silhouettes', 'SixteenClassBenchmark', 'StimulusSet']

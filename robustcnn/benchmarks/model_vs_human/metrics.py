@@ -26,16 +26,17 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .categories import CATEGORIES
-from .experiments import SetSpec
-from .filenames import canonical_condition, short_image_name
+from .experiments import DEFAULT_SETS, SetSpec
+from .filenames import canonical_condition, short_image_name, texture_category
 
-__all__ = ['METRIC_NAMES', 'Trial', 'HumanTrial', 'decide', 'accuracy', 'shape_bias_results', 'per_condition_accuracy',
-           'consistency', 'error_consistency', 'read_human_trials', 'human_likeness', 'HumanDataError']
+__all__ = ['METRIC_NAMES', 'Trial', 'HumanTrial', 'decide', 'accuracy', 'shape_bias_results',
+           'per_condition_accuracy', 'consistency', 'error_consistency', 'read_human_trials', 'human_likeness',
+           'human_shape_bias', 'benchmark_means', 'HumanDataError']
 
 # The human-likeness metrics of model-vs-human's benchmark table, in its column order.
 METRIC_NAMES = ('accuracy_difference', 'observed_consistency', 'error_consistency')
@@ -264,4 +265,29 @@ def human_likeness(trials: Sequence[Trial], decisions: Sequence[str], human_tria
                                       if condition in values[subject]) for metric in METRIC_NAMES}
             for condition in conditions}
         result['kept_conditions'] = list(spec.kept_conditions)
+    return result
+
+
+def human_shape_bias(human_trials: Sequence[HumanTrial]) -> dict[str, Any]:
+    """The human observers' cue-conflict numbers, trials pooled over subjects (the "humans" line and points of
+    model-vs-human's shape-bias figure, ``plot_shape_bias_matrixplot``); texture categories from the image ids."""
+    return shape_bias_results([trial.response for trial in human_trials], [trial.category for trial in human_trials],
+                              [texture_category(trial.image_id) for trial in human_trials])
+
+
+def benchmark_means(entries: Mapping[str, Mapping[str, Any]],
+                    sets: Sequence[str] = DEFAULT_SETS) -> dict[str, Any]:
+    """model-vs-human's benchmark numbers from per-set results entries keyed by its set names (``edge``, ...).
+
+    ``ood_accuracy``: the mean over sets of each set's ``ood_accuracy`` (as a fraction, like its README table);
+    the human-likeness metrics: the mean over sets of each set's ``human_likeness`` value. Sets missing from
+    ``entries`` are named in ``missing_sets``; the published numbers need all 17.
+    """
+    present = [name for name in sets if name in entries]
+    result: dict[str, Any] = {'num_sets': len(present), 'missing_sets': [name for name in sets if name not in entries]}
+    accuracies = [entries[name].get('ood_accuracy') for name in present]
+    result['ood_accuracy'] = _mean(value / 100.0 for value in accuracies if value is not None)
+    for metric in METRIC_NAMES:
+        result[metric] = _mean(value for value in (entries[name].get('human_likeness', {}).get(metric)
+                                                   for name in present) if value is not None)
     return result

@@ -21,7 +21,7 @@ from ..base import Benchmark, DatasetLayoutError, PreparedData
 from .categories import CATEGORIES, SixteenClassReduce, category_index, check_imagenet_label_space
 from .experiments import MODEL_VS_HUMAN_SETS, PARAMETRIC_SETS, SetSpec
 from .filenames import canonical_condition, parse_cue_conflict_name, parse_session_name, short_image_name
-from .metrics import (HumanTrial, Trial, accuracy, decide, human_likeness, per_condition_accuracy,
+from .metrics import (HumanTrial, Trial, accuracy, decide, human_likeness, human_shape_bias, per_condition_accuracy,
                       read_human_trials, shape_bias_results)
 
 __all__ = ['StimulusSet', 'SixteenClassBenchmark', 'CueConflict', 'Edges', 'Silhouettes', 'SessionSet',
@@ -158,6 +158,14 @@ class CueConflict(_CategoryFolderSet):
     def metrics(self, trials: Sequence[Trial], decisions: Sequence[str]) -> dict[str, Any]:
         return shape_bias_results(decisions, [trial.category for trial in trials],
                                   [trial.texture or '' for trial in trials])
+
+    def results(self, prepared: StimulusSet, probabilities: np.ndarray,
+                scored: np.ndarray | None = None) -> dict[str, Any]:
+        entry = super().results(prepared, probabilities, scored)
+        if prepared.human_trials is not None:  # the reference the shape-bias figure draws beside the model
+            humans = human_shape_bias(prepared.human_trials)
+            entry['humans'] = {name: humans[name] for name in ('shape_bias', 'per_category', 'num_trials')}
+        return entry
 
     def summary(self, entry: dict[str, Any]) -> dict[str, float | None]:
         return {name: entry.get(name) for name in ('shape_bias', 'shape_match', 'texture_match')}
