@@ -53,6 +53,8 @@ class SixteenClassBenchmark(Benchmark):
     spec: SetSpec
     # Sub-folders of the given folder that hold the stimuli when present (the repositories' folder names).
     image_subfolders: tuple[str, ...] = ()
+    # The layout in one phrase, for the error when no image is found.
+    layout_hint = ''
 
     def image_root(self, data_dir: str | os.PathLike) -> Path:
         root = self.check_exists(data_dir)
@@ -82,13 +84,12 @@ class SixteenClassBenchmark(Benchmark):
             human_trials=read_human_trials(human_data, self.spec) if human_data else None,
         )
 
-    layout_hint = ''
-
     def score(self, context: Any, prepared: StimulusSet) -> dict[str, Any]:
         preprocessing = context.preprocessing(self)
         predictions = context.predict(prepared, preprocessing, self.name, reduce=SixteenClassReduce())
         entry = self.results(prepared, predictions.outputs.numpy(), predictions.scored.numpy())
-        entry['skipped_files'] = len(predictions.skipped_files)
+        skipped = predictions.skipped_files
+        entry['skipped_files'] = skipped if isinstance(skipped, int) else len(skipped)
         entry['preprocessing'] = context.preprocessing_record(preprocessing)
         entry['elapsed_seconds'] = predictions.elapsed_seconds
         return entry
