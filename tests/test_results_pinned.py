@@ -100,7 +100,7 @@ def test_imagenet_c_suite_after_a_resume(tmp_path: Path, checkpoint: Path) -> No
     finally:
         ColorCodeClassifier.fail_after_batches = None
     partial = tmp_path / 'suite.imagenet-c.partial.json'
-    assert json.loads(partial.read_text())['folders']
+    assert json.loads(partial.read_text())['units']
     assert run_main(argv) == 0
     assert not partial.exists()
     assert json.loads(results.read_text())['results']['imagenet-c']['resumed_folders'] > 0
