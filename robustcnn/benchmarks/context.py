@@ -20,7 +20,6 @@ import torch
 from ..checkpoint import atomic_write_text
 from ..data.device_decode import DeviceDecodingLoader, JpegBytesDataset, collate_encoded_batch
 from ..data.folder import ClassFolderDataset
-from ..data.label_space import LabelSpace
 from ..data.loader import build_eval_loader
 from ..data.transforms import EvalPreprocessing, build_eval_transform, resolve_eval_preprocessing
 from ..engine.evaluate import EvalResult, Predictions, evaluate, predict
@@ -163,8 +162,7 @@ class EvaluationContext:
             amp_dtype=self.amp_dtype, channels_last=self.request.channels_last,
             normalization=(preprocessing.mean, preprocessing.std), reduce=reduce, description=description)
 
-    def resume_store(self, name: str, prepared: PreparedData, preprocessing: EvalPreprocessing,
-                     label_space: LabelSpace | None = None) -> ResumeStore:
+    def resume_store(self, name: str, prepared: PreparedData, preprocessing: EvalPreprocessing) -> ResumeStore:
         """Where set ``name`` keeps finished units: --partial-results, else ``<results>.<name>.partial.json``
         beside --results-file (no file: no resume). The identity is derived from the model record, the
         preprocessing record, the data folder and the label space, so a flag that changes pixels or outputs
@@ -176,7 +174,7 @@ class EvaluationContext:
         elif request.results_file:
             results = Path(request.results_file)
             path = results.with_name(f'{results.stem}.{name}.partial.json')
-        label_names = label_space.class_names if label_space is not None else ()
+        label_names = prepared.label_space.class_names if prepared.label_space is not None else ()
         identity = {
             'model': self.model_record, 'preprocessing': self.preprocessing_record(preprocessing),
             'data_dir': str(Path(prepared.root).resolve()),
