@@ -7,7 +7,9 @@ The JSON layout is the contract other tools read::
         "imagenet-c": {"mean_corruption_error": 42.3, "mce": ..., "relative_mce": null, "num_samples": ...,
                        "skipped_files": 0, "errors": {"gaussian_noise": {"1": 31.2, ...}, ...}}}}
 
-Percentages throughout; metric names are exact (``mean_corruption_error`` is never called mCE).
+Percentages throughout; metric names are exact (``mean_corruption_error`` is never called mCE). The tables are
+built from each set's own ``Benchmark.summary`` / ``headline_metric`` / ``report_details``, so a new set shows up
+here without an edit of this file.
 """
 from __future__ import annotations
 
@@ -21,22 +23,35 @@ from typing import Any, Mapping, Sequence
 
 from .checkpoint import atomic_write_bytes, atomic_write_text
 
-__all__ = ['RESULT_SUFFIXES', 'README_COLUMNS', 'check_results_path', 'write_results', 'results_to_json',
-           'results_to_csv', 'results_to_markdown', 'readme_row', 'write_figure', 'round_floats']
+__all__ = ['RESULT_SUFFIXES', 'README_SETS', 'readme_columns', 'check_results_path', 'write_results',
+           'results_to_json', 'results_to_csv', 'results_to_markdown', 'readme_row', 'write_figure', 'round_floats',
+           'format_cell']
 
 RESULT_SUFFIXES = ('.json', '.csv', '.md')
-# (dataset, column title, metric): the README table's columns, then the extra sets.
-README_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ('imagenet', 'ImageNet↑', 'top1'),
-    ('stylized-imagenet', 'Stylized-ImageNet↑', 'top1'),
-    ('imagenet-c', 'ImageNet-C↓', 'mean_corruption_error'),
-    ('imagenet-r', 'ImageNet-R↑', 'top1'),
-    ('imagenet-sketch', 'ImageNet-Sketch↑', 'top1'),
-    ('imagenet-a', 'ImageNet-A↑', 'top1'),
-    ('imagenet-v2', 'ImageNet-V2↑', 'top1'),
-)
+# How many of the suite's sets (in suite order) the README's robustness table has; the rest follow in reports.
+README_SETS = 5
+# Columns of the per-dataset tables every set shares; a set's summary() keys beyond these become extra columns.
 _SUMMARY_FIELDS = ('top1', 'top5', 'loss', 'mean_corruption_error', 'mce', 'relative_mce', 'num_samples',
                    'skipped_files')
+_SUMMARY_TITLES = ('top-1', 'top-5', 'loss', 'mean corruption error', 'mCE', 'relative mCE', 'images',
+                   'skipped files')
+
+
+def readme_columns() -> tuple[tuple[str, str, str], ...]:
+    """``(dataset, column title, metric)`` for every suite set in suite order: the README's first, then the rest."""
+    from .benchmarks import BENCHMARKS, SUITE_ORDER
+    return tuple((name, BENCHMARKS[name].title + ('↑' if BENCHMARKS[name].higher_is_better else '↓'),
+                  BENCHMARKS[name].headline_metric) for name in SUITE_ORDER)
+
+
+def _summary_fields(results: Mapping[str, Any]) -> list[str]:
+    """The shared columns, then the headline numbers of sets that have their own (from ``Benchmark.summary``)."""
+    from .benchmarks import BENCHMARKS
+    fields = list(_SUMMARY_FIELDS)
+    for dataset, entry in results.items():
+        if dataset in BENCHMARKS:
+            fields += [name for name in BENCHMARKS[dataset].summary(entry) if name not in fields]
+    return fields
 
 
 def check_results_path(path: str | os.PathLike) -> Path:
@@ -66,17 +81,19 @@ def results_to_csv(payload: Mapping[str, Any]) -> str:
     """One row per dataset with the summary metrics (ImageNet-C's per-folder errors are in JSON/Markdown)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
-    writer.writerow(('model', 'checkpoint', 'dataset') + _SUMMARY_FIELDS)
+    fields = _summary_fields(payload.get('results', {}))
+    writer.writerow(['model', 'checkpoint', 'dataset'] + fields)
     for dataset, metrics in payload.get('results', {}).items():
         row = [payload.get('model'), payload.get('checkpoint'), dataset]
-        for name in _SUMMARY_FIELDS:
+        for name in fields:
             value = round_floats(metrics.get(name))
             row.append('' if value is None else value)
         writer.writerow(row)
     return buffer.getvalue()
 
 
-def _format(value: Any, digits: int = 2) -> str:
+def format_cell(value: Any, digits: int = 2) -> str:
+    """A table cell: ``–`` where nothing was measured."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return '–'
     if isinstance(value, float):
@@ -84,14 +101,15 @@ def _format(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def readme_row(payload: Mapping[str, Any], columns: Sequence[tuple[str, str, str]] = README_COLUMNS[:5]) -> str:
+def readme_row(payload: Mapping[str, Any], columns: Sequence[tuple[str, str, str]] | None = None) -> str:
     """The README table row: ``| model | ImageNet | Stylized | IN-C | IN-R | Sketch |`` (– where not measured)."""
+    columns = readme_columns()[:README_SETS] if columns is None else columns
     results = payload.get('results', {})
     cells = [str(payload.get('model'))]
     for dataset, _, metric in columns:
         entry = results.get(dataset)
         value = entry.get(metric) if entry else None
-        cell = _format(value, 1)
+        cell = format_cell(value, 1)
         if entry and entry.get('partial'):
             cell += ' (partial)'
         cells.append(cell)
@@ -104,37 +122,26 @@ def _readme_header(columns: Sequence[tuple[str, str, str]]) -> str:
 
 
 def results_to_markdown(payload: Mapping[str, Any]) -> str:
-    """A readable report: the README row, a summary per dataset, and ImageNet-C's corruption x severity table."""
+    """A readable report: the README row, a summary per dataset, then each set's own details (ImageNet-C's
+    corruption x severity table)."""
     results = payload.get('results', {})
     lines = [f'# Evaluation of `{payload.get("model")}`', '']
     if payload.get('checkpoint'):
         lines += [f'Checkpoint: `{payload["checkpoint"]}`', '']
-    columns = [column for column in README_COLUMNS if column[0] in results] or list(README_COLUMNS[:5])
-    readme_columns = list(README_COLUMNS[:5]) + [column for column in README_COLUMNS[5:] if column in columns]
-    lines += ['## Robustness table (README columns; percent)', '', _readme_header(readme_columns),
-              readme_row(payload, readme_columns), '']
-    lines += ['## Per dataset', '', '| Dataset | top-1 | top-5 | loss | mean corruption error | mCE | relative mCE '
-              '| images | skipped files |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    all_columns = readme_columns()
+    shown = list(all_columns[:README_SETS]) + [column for column in all_columns[README_SETS:] if column[0] in results]
+    lines += ['## Robustness table (README columns; percent)', '', _readme_header(shown),
+              readme_row(payload, shown), '']
+    fields = _summary_fields(results)
+    titles = list(_SUMMARY_TITLES) + [name.replace('_', ' ') for name in fields[len(_SUMMARY_FIELDS):]]
+    lines += ['## Per dataset', '', '| Dataset | ' + ' | '.join(titles) + ' |', '|---|' + '---:|' * len(titles)]
     for dataset, metrics in results.items():
         lines.append('| ' + ' | '.join([dataset] + [
-            _format(metrics.get(name), 4 if name == 'loss' else 2) for name in _SUMMARY_FIELDS]) + ' |')
-    corruption = results.get('imagenet-c')
-    if corruption and corruption.get('errors'):
-        errors = corruption['errors']
-        severities = sorted({severity for by_severity in errors.values() for severity in by_severity}, key=int)
-        lines += ['', '## ImageNet-C top-1 error (percent) by corruption and severity', '',
-                  '| Corruption | ' + ' | '.join(severities) + ' | mean | CE (AlexNet = 100) |',
-                  '|---|' + '---:|' * (len(severities) + 2)]
-        normalized = corruption.get('corruption_errors') or {}
-        for name, by_severity in errors.items():
-            values = [by_severity.get(severity) for severity in severities]
-            present = [value for value in values if value is not None]
-            mean = sum(present) / len(present) if present else None
-            lines.append('| ' + ' | '.join([name] + [_format(value) for value in values]
-                                           + [_format(mean), _format(normalized.get(name))]) + ' |')
-        if corruption.get('partial'):
-            lines += ['', f'Partial: {len(corruption.get("missing", []))} folder(s) missing '
-                          f'({", ".join(corruption.get("missing", [])[:10])}); aggregates cover what is present.']
+            format_cell(metrics.get(name), 4 if name == 'loss' else 2) for name in fields]) + ' |')
+    from .benchmarks import BENCHMARKS
+    for dataset, metrics in results.items():
+        if dataset in BENCHMARKS:
+            lines += BENCHMARKS[dataset].report_details(metrics)
     return '\n'.join(lines) + '\n'
 
 

@@ -9,7 +9,7 @@ from dataset_trees import build_imagenet_c_tree, build_wnid_tree, correct_tree, 
 from robustcnn.benchmarks import BENCHMARKS, DatasetLayoutError, get_benchmark
 from robustcnn.benchmarks.imagenet_c import (ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, CORRUPTIONS, EXTRA_CORRUPTIONS,
                                              aggregate_corruption_errors)
-from robustcnn.benchmarks.runner import infer_dataset
+from robustcnn.benchmarks.runner import ValidationRequest, infer_dataset
 from robustcnn.data.label_space import (LabelSpace, imagenet_a_indices, imagenet_a_wnids, imagenet_r_indices,
                                         imagenet_r_wnids, imagenet_wnids, load_class_map)
 
@@ -177,9 +177,9 @@ def test_imagenet_c_one_dataset_grouped_by_folder(tmp_path: Path) -> None:
     assert prepared.group_sizes == [1] * 75 and len(prepared.samples) == 75
     assert prepared.sample_groups == list(range(75))
     assert infer_dataset(tmp_path)[0] == 'imagenet-c'
-    skipped = get_benchmark('imagenet-c').prepare(tmp_path, LabelSpace.imagenet_1k(),
-                                                  skip_groups=['gaussian_noise/1', 'fog/5'])
-    assert len(skipped.samples) == 73 and skipped.group_sizes[0] == 0
+    skipped = prepared.without_groups(['gaussian_noise/1', 'fog/5'])
+    assert len(skipped.samples) == 73 and skipped.group_sizes[0] == 0 and skipped.group_names == prepared.group_names
+    assert 0 not in skipped.sample_groups and len(skipped.sample_groups) == 73
 
 
 def test_imagenet_c_missing_folders_listed_or_partial(tmp_path: Path) -> None:
@@ -190,7 +190,8 @@ def test_imagenet_c_missing_folders_listed_or_partial(tmp_path: Path) -> None:
         get_benchmark('imagenet-c').prepare(tmp_path, LabelSpace.imagenet_1k())
     message = str(error.value)
     assert 'snow/2' in message and 'snow/4' in message and 'fog/1' in message and '--allow-partial' in message
-    prepared = get_benchmark('imagenet-c').prepare(tmp_path, LabelSpace.imagenet_1k(), allow_partial=True)
+    prepared = get_benchmark('imagenet-c').prepare(tmp_path, LabelSpace.imagenet_1k(),
+                                                   ValidationRequest(data_dir=str(tmp_path), allow_partial=True))
     assert len(prepared.group_names) == 68 and prepared.notes['missing_groups'][:2] == ['snow/2', 'snow/4']
 
 

@@ -93,7 +93,7 @@ def _jpeg(path: Path, pixels: np.ndarray) -> Path:
 
 
 def test_device_decoding_matches_pil_up_to_decoder_rounding(tmp_path: Path) -> None:
-    from robustcnn.benchmarks.device_decode import DeviceDecodingLoader, JpegBytesDataset, collate_encoded_batch
+    from robustcnn.data.device_decode import DeviceDecodingLoader, JpegBytesDataset, collate_encoded_batch
     from robustcnn.data.transforms import EvalPreprocessing, build_eval_transform
 
     rng = np.random.default_rng(0)

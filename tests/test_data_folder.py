@@ -10,8 +10,9 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import functional as F
 
 from robustcnn.data.folder import (
-    ClassFolderDataset, ImageDecodeError, collate_folder_batch, load_rgb_image, scan_class_folders,
+    ClassFolderDataset, ImageDecodeError, load_rgb_image, scan_class_folders,
 )
+from robustcnn.data.loader import collate_eval_batch
 
 
 def _save(image: Image.Image, path, **kwargs):
@@ -97,7 +98,7 @@ def test_undecodable_files_raise_decode_error_naming_the_file(hostile_tree, smal
 
 
 def _loader(dataset, workers=0):
-    return DataLoader(dataset, batch_size=4, num_workers=workers, collate_fn=collate_folder_batch)
+    return DataLoader(dataset, batch_size=4, num_workers=workers, collate_fn=collate_eval_batch)
 
 
 def test_evaluation_skips_and_counts_bad_files(hostile_tree, small_pixel_limit, caplog):

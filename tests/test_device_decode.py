@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 
 from dataset_trees import class_color, register_color_model, save_color_checkpoint
-from robustcnn.benchmarks.device_decode import (DeviceDecodingLoader, EncodedJpeg, JpegBytesDataset,
+from robustcnn.data.device_decode import (DeviceDecodingLoader, EncodedJpeg, JpegBytesDataset,
                                                 check_device_preprocessing, collate_encoded_batch,
                                                 decode_batch_on_device, is_plain_jpeg)
 from robustcnn.benchmarks.imagenet_c import CORRUPTIONS
-from robustcnn.benchmarks.loader import collate_eval_batch
+from robustcnn.data.loader import collate_eval_batch
 from robustcnn.benchmarks.runner import ValidationRequest, run_validation
 from robustcnn.cli import UsageError
 from robustcnn.data.folder import ClassFolderDataset
@@ -135,7 +135,7 @@ def test_device_decode_matches_the_worker_path(tmp_path: Path, caplog: pytest.Lo
 
 def test_a_batch_the_device_rejects_is_retried_file_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One corrupt JPEG fails torchvision's batched call; the others must still be decoded on the device."""
-    import robustcnn.benchmarks.device_decode as device_decode
+    import robustcnn.data.device_decode as device_decode
 
     files = write_mixed_folder(tmp_path)
     samples = [(str(files[name]), 0) for name in ('rgb', 'corrupt', 'rgb2')]
@@ -159,7 +159,7 @@ def test_a_batch_the_device_rejects_is_retried_file_by_file(tmp_path: Path, monk
 FEW_DESCRIPTORS = """
 import resource, sys, torch
 sys.path.insert(0, {tests!r})
-from robustcnn.benchmarks.device_decode import DeviceDecodingLoader, JpegBytesDataset, collate_encoded_batch
+from robustcnn.data.device_decode import DeviceDecodingLoader, JpegBytesDataset, collate_encoded_batch
 from robustcnn.data.transforms import build_eval_transform
 from test_device_decode import preprocessing
 resource.setrlimit(resource.RLIMIT_NOFILE, (160, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))

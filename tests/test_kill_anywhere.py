@@ -119,7 +119,7 @@ def test_imagenet_c_evaluation_killed_resumes_from_finished_folders(tmp_path):
     killed = validate(results, ROBUSTCNN_KILL_AT='validation-batch:40')
     assert killed.returncode == -signal.SIGKILL
     partial = tmp_path / 'killed.imagenet-c.partial.json'
-    finished = json.loads(partial.read_text())['folders']
+    finished = json.loads(partial.read_text())['units']
     assert 30 <= len(finished) < 75, len(finished)
     resumed = validate(results)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -198,7 +198,8 @@ def test_torchrun_two_processes_train_and_validate_every_image_once(dataset, tmp
 
     # the same checkpoint evaluated by a single process gives the same top-1, top-5 and loss
     import timm
-    from robustcnn.data.train_data import build_eval_loader
+    from robustcnn.data.folder import ClassFolderDataset
+    from robustcnn.data.loader import build_eval_loader
     from robustcnn.data.transforms import build_eval_transform, resolve_eval_preprocessing
     from robustcnn.engine.evaluate import evaluate
     from robustcnn.engine.runtime import Runtime
@@ -206,9 +207,10 @@ def test_torchrun_two_processes_train_and_validate_every_image_once(dataset, tmp
     model.load_state_dict(checkpoint['state_dict'])
     preprocessing = resolve_eval_preprocessing(model, 'resize_center_crop', img_size=32)
     classes = {name: index for index, name in enumerate(checkpoint['metadata']['class_names'])}
-    loader = build_eval_loader(data / 'val', classes, build_eval_transform(preprocessing), batch_size=8, workers=0,
-                               num_replicas=1, rank=0)
-    single = evaluate(model, loader, Runtime(kind='cpu', device=torch.device('cpu')),
+    runtime = Runtime(kind='cpu', device=torch.device('cpu'))
+    dataset = ClassFolderDataset.from_folder(data / 'val', classes, build_eval_transform(preprocessing))
+    loader = build_eval_loader(dataset, batch_size=8, workers=0, runtime=runtime)
+    single = evaluate(model, loader, runtime,
                       normalization=(preprocessing.mean, preprocessing.std))
     assert single.num_samples == 23
     row = read_summary(tmp_path / 'ddp')[-1]

@@ -16,7 +16,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 import robustcnn  # noqa: F401  (registers the models)
 from robustcnn.config import parse_train_args
-from robustcnn.data.folder import FolderBatch
+from robustcnn.data.loader import EvalBatch
 from robustcnn.data.train_data import SeededSampler, build_train_loader, build_train_transform
 from robustcnn.engine.checkpointing import capture_rng_state, restore_rng_state
 from robustcnn.engine.runtime import Runtime
@@ -176,12 +176,13 @@ def test_augmented_batches_do_not_depend_on_the_number_of_workers(tmp_path):
 
 
 class _ListLoader(list):
-    """A list of FolderBatch standing in for a DataLoader."""
+    """A list of EvalBatch standing in for a DataLoader."""
 
 
 def _batches(generator: torch.Generator, sizes: list[int]) -> _ListLoader:
-    return _ListLoader(FolderBatch(torch.randn(size, 6, generator=generator),
-                                   torch.randint(0, 3, (size,), generator=generator), torch.arange(size), 0)
+    return _ListLoader(EvalBatch(torch.randn(size, 6, generator=generator),
+                                 torch.randint(0, 3, (size,), generator=generator), torch.arange(size), 0,
+                                 torch.empty(0, dtype=torch.long))
                        for size in sizes)
 
 

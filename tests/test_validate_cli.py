@@ -223,7 +223,7 @@ def test_imagenet_c_metrics_resume_and_suite(tmp_path: Path, checkpoint: Path) -
             run_validation(request, runtime)
     finally:
         ColorCodeClassifier.fail_after_batches = None
-    saved = json.loads(partial.read_text())['folders']
+    saved = json.loads(partial.read_text())['units']
     assert 15 <= len(saved) <= 20 and saved['gaussian_noise/1'] == {'correct': 1, 'scored': 2, 'skipped': 0}
     payload = run_validation(request, runtime)
     entry = payload['results']['imagenet-c']

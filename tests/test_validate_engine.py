@@ -6,10 +6,9 @@ import math
 import pytest
 import torch
 
-from robustcnn.benchmarks.loader import EvalBatch
-from robustcnn.data.folder import FolderBatch
+from robustcnn.data.loader import EvalBatch
 from robustcnn.data.samplers import ShardedEvalSampler
-from robustcnn.engine.evaluate import evaluate
+from robustcnn.engine.evaluate import SampleGroups, evaluate
 from robustcnn.engine.runtime import init_runtime
 
 
@@ -91,8 +90,8 @@ def test_empty_batches_and_groups() -> None:
         batch([3], [3]),                             # group 1: right
     ]
     updates = []
-    result = evaluate(model, loader, runtime, sample_groups=[0, 0, 1, 1, 1], num_groups=2,
-                      on_groups_update=updates.append, group_sync_every=1)
+    result = evaluate(model, loader, runtime, sample_groups=SampleGroups([0, 0, 1, 1, 1], num_groups=2,
+                                                                         on_update=updates.append, sync_every=1))
     assert result.num_samples == 3 and result.skipped_files == 2
     assert result.top1 == pytest.approx(200 / 3)
     assert result.groups.correct == [1, 1]
@@ -114,7 +113,8 @@ def test_uint8_batches_are_normalized_on_device_and_mode_restored() -> None:
 
     model = Spy().train()
     images = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
-    evaluate(model, [FolderBatch(images, torch.tensor([0]), torch.tensor([0]), 0)], init_runtime('cpu'),
+    batch = EvalBatch(images, torch.tensor([0]), torch.tensor([0]), 0, torch.empty(0, dtype=torch.long))
+    evaluate(model, [batch], init_runtime('cpu'),
              normalization=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
     assert torch.allclose(seen['images'], torch.full((1, 3, 2, 2), 2.0))
     assert model.training  # restored for the training loop

@@ -12,7 +12,7 @@ from .imagenet_v2 import ImageNetV2
 from .stylized_imagenet import StylizedImageNet
 
 __all__ = ['BENCHMARKS', 'SUITE_ORDER', 'get_benchmark', 'Benchmark', 'ClassFolderBenchmark', 'DatasetLayoutError',
-           'PreparedData']
+           'PreparedData', 'DEFAULT_DATASET']
 
 BENCHMARKS: dict[str, Benchmark] = {benchmark.name: benchmark for benchmark in (
     ImageNet(), StylizedImageNet(), ImageNetC(), ImageNetR(), ImageNetSketch(), ImageNetA(), ImageNetV2(),
@@ -21,6 +21,9 @@ BENCHMARKS: dict[str, Benchmark] = {benchmark.name: benchmark for benchmark in (
 # Clean ImageNet first: its error feeds ImageNet-C's relative mCE in the same run.
 SUITE_ORDER: tuple[str, ...] = ('imagenet', 'stylized-imagenet', 'imagenet-c', 'imagenet-r', 'imagenet-sketch',
                                 'imagenet-a', 'imagenet-v2')
+
+# What validate.py evaluates when neither --dataset nor the folder's layout or name says otherwise.
+DEFAULT_DATASET = 'imagenet'
 
 
 def get_benchmark(name: str) -> Benchmark:

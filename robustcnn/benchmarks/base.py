@@ -1,20 +1,32 @@
 """What every evaluation set has in common: where its images sit, how folder names become labels, how it is
-preprocessed by default, and which classifier outputs it scores.
+preprocessed by default, how it is scored and which numbers head its report.
 
 Each set is one module defining a :class:`Benchmark`; ``robustcnn.benchmarks.BENCHMARKS`` lists them by the names
-``validate.py --dataset`` accepts.
+``validate.py --dataset`` accepts. The runner calls, for every set, :meth:`Benchmark.prepare` before the model
+loads (cheap; a bad layout fails in a second) and :meth:`Benchmark.score` after; a set with its own metric
+overrides ``score`` (and ``summary``) in its module, and nothing else changes.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..data.folder import list_class_folders, scan_class_folders
 from ..data.label_space import LabelSpace
 
-__all__ = ['PreparedData', 'Benchmark', 'ClassFolderBenchmark', 'DatasetLayoutError', 'normalized_name']
+if TYPE_CHECKING:
+    from .context import EvaluationContext
+    from .runner import ValidationRequest
+
+__all__ = ['PreparedData', 'Benchmark', 'ClassFolderBenchmark', 'DatasetLayoutError', 'normalized_name',
+           'format_metric']
+
+_logger = logging.getLogger(__name__)
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -26,6 +38,11 @@ def normalized_name(name: str) -> str:
     return ''.join(character for character in name.lower() if character.isalnum())
 
 
+def format_metric(value: Any, digits: int = 2) -> str:
+    """A number for a log line: ``n/a`` for missing or non-finite values."""
+    return 'n/a' if value is None or (isinstance(value, float) and not math.isfinite(value)) else f'{value:.{digits}f}'
+
+
 @dataclass
 class PreparedData:
     """The samples to evaluate and how to score them; built before the model loads (cheap, catches bad input)."""
@@ -34,11 +51,24 @@ class PreparedData:
     root: Path
     samples: list[tuple[str, int]]
     label_subset: list[int] | None = None
-    # ImageNet-C: group id per sample, group names (``corruption/severity``), number of files per group.
+    # A set scored by parts (ImageNet-C: ``corruption/severity``): group id per sample, names, files per group.
     sample_groups: list[int] | None = None
     group_names: list[str] = field(default_factory=list)
     group_sizes: list[int] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
+    label_space: LabelSpace | None = None
+
+    def without_groups(self, names: Sequence[str]) -> 'PreparedData':
+        """The same data minus the samples of the groups ``names`` (finished before a resume); the groups keep
+        their ids and get size 0, so per-group counts still line up with ``group_names``."""
+        dropped = {position for position, name in enumerate(self.group_names) if name in set(names)}
+        if not dropped or self.sample_groups is None:
+            return self
+        kept = [position for position, group in enumerate(self.sample_groups) if group not in dropped]
+        return dataclasses.replace(
+            self, samples=[self.samples[position] for position in kept],
+            sample_groups=[self.sample_groups[position] for position in kept],
+            group_sizes=[0 if group in dropped else size for group, size in enumerate(self.group_sizes)])
 
 
 class Benchmark:
@@ -51,6 +81,8 @@ class Benchmark:
     # Folder names looked for under a suite root, in order (matched with :func:`normalized_name`).
     suite_folder_names: tuple[str, ...] = ()
     higher_is_better: bool = True
+    # The entry's field that stands for the set in one-number tables (README row, figure bars).
+    headline_metric: str = 'top1'
 
     def check_exists(self, data_dir: str | os.PathLike) -> Path:
         """Fail with one line if the folder is missing; cheap, done before anything expensive."""
@@ -61,12 +93,36 @@ class Benchmark:
             raise DatasetLayoutError(f'{self.title} path is not a folder: {path}')
         return path
 
+    def detect(self, root: Path, strong: bool) -> str | None:
+        """Why ``root`` looks like this set (None: it does not), for validate.py without --dataset.
+
+        ``strong``: a layout no other set has (checked before folder names); otherwise a hint checked after them.
+        """
+        return None
+
     def default_label_space(self, data_dir: str | os.PathLike) -> LabelSpace | None:
         """The label space when neither --class-map nor the checkpoint gives one (None: ImageNet-1k)."""
         return None
 
-    def prepare(self, data_dir: str | os.PathLike, label_space: LabelSpace, **options) -> PreparedData:
+    def prepare(self, data_dir: str | os.PathLike, label_space: LabelSpace,
+                request: ValidationRequest | None = None) -> PreparedData:
+        """Scan the files and check the layout, before the model loads (raise :class:`DatasetLayoutError`).
+
+        ``request``: the run's settings, for sets with their own flags (None: the defaults).
+        """
         raise NotImplementedError
+
+    def score(self, context: EvaluationContext, prepared: PreparedData) -> dict[str, Any]:
+        """Run the model over ``prepared`` and return this set's results-file entry."""
+        raise NotImplementedError
+
+    def summary(self, entry: Mapping[str, Any]) -> dict[str, float | None]:
+        """The headline numbers of an entry, for report tables (first: :attr:`headline_metric`)."""
+        return {self.headline_metric: entry.get(self.headline_metric)}
+
+    def report_details(self, entry: Mapping[str, Any]) -> list[str]:
+        """Markdown lines of a set-specific section of the report (ImageNet-C's corruption table); none here."""
+        return []
 
 
 class ClassFolderBenchmark(Benchmark):
@@ -88,7 +144,8 @@ class ClassFolderBenchmark(Benchmark):
         """Class name for each folder name (identity for wnid folders)."""
         return {name: name for name in folder_names}
 
-    def prepare(self, data_dir: str | os.PathLike, label_space: LabelSpace, **options) -> PreparedData:
+    def prepare(self, data_dir: str | os.PathLike, label_space: LabelSpace,
+                request: ValidationRequest | None = None) -> PreparedData:
         root = self.image_root(data_dir)
         folders = list_class_folders(root)
         if not folders:
@@ -119,4 +176,21 @@ class ClassFolderBenchmark(Benchmark):
             raise DatasetLayoutError(str(error)) from None
         if not samples:
             raise DatasetLayoutError(f'no image files under {root}/<class folders>')
-        return PreparedData(benchmark=self.name, root=root, samples=samples, label_subset=label_subset)
+        return PreparedData(benchmark=self.name, root=root, samples=samples, label_subset=label_subset,
+                            label_space=label_space)
+
+    def score(self, context: EvaluationContext, prepared: PreparedData) -> dict[str, Any]:
+        """Top-1, top-5 and loss over every image (over the label subset where the set has one)."""
+        preprocessing = context.preprocessing(self)
+        _logger.info('%s: %d images from %s, preprocessing %s', self.name, len(prepared.samples), prepared.root,
+                     preprocessing)
+        result = context.evaluate(prepared, preprocessing, self.name)
+        entry = result.metrics()
+        entry['preprocessing'] = context.preprocessing_record(preprocessing)
+        if prepared.label_subset is not None:
+            entry['label_subset_size'] = len(prepared.label_subset)
+        entry['elapsed_seconds'] = result.elapsed_seconds
+        _logger.info('%s: top1 %s top5 %s loss %s over %d images (%d skipped files)', self.name,
+                     format_metric(entry['top1']), format_metric(entry['top5']), format_metric(entry['loss'], 4),
+                     entry['num_samples'], entry['skipped_files'])
+        return entry

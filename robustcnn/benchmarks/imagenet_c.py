@@ -2,7 +2,8 @@
 
 Layout: ``<root>/<corruption>/<severity 1..5>/<wnid>/<image>.JPEG`` (224x224 already), or with the download's
 category level ``<root>/<noise|blur|weather|digital|extra>/<corruption>/...``. All 75 folders stream through one
-data pipeline; each sample carries its (corruption, severity) group.
+data pipeline; each sample carries its (corruption, severity) group. A finished folder's counts are saved as
+soon as every process is past it (a resume store beside the results file), so a killed run resumes there.
 
 Metrics (errors are top-1 errors in percent):
 - ``mean_corruption_error``: plain mean of the 75 errors (what the Robust-ResNet paper reports as "IN-C").
@@ -11,19 +12,28 @@ Metrics (errors are top-1 errors in percent):
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..data.folder import list_class_folders, scan_class_folders
 from ..data.label_space import LabelSpace
-from .base import Benchmark, DatasetLayoutError, PreparedData
+from ..engine.evaluate import GroupCounts, SampleGroups
+from .base import Benchmark, DatasetLayoutError, PreparedData, format_metric
+
+if TYPE_CHECKING:
+    from .context import EvaluationContext
+    from .runner import ValidationRequest
 
 __all__ = [
     'CORRUPTION_CATEGORIES', 'CORRUPTIONS', 'EXTRA_CORRUPTIONS', 'SEVERITIES', 'ALEXNET_ERRORS',
     'ALEXNET_CLEAN_ERROR', 'ImageNetC', 'group_name', 'aggregate_corruption_errors',
 ]
+
+_logger = logging.getLogger(__name__)
 
 CORRUPTION_CATEGORIES: dict[str, tuple[str, ...]] = {
     'noise': ('gaussian_noise', 'shot_noise', 'impulse_noise'),
@@ -113,6 +123,9 @@ class ImageNetC(Benchmark):
     default_resize_mode = 'none'
     higher_is_better = False
     suite_folder_names = ('imagenet-c', 'imagenet_c', 'imagenetc')
+    headline_metric = 'mean_corruption_error'
+    # The set whose top-1 gives the clean error of relative mCE when --clean-error is not given (scored first).
+    clean_set = 'imagenet'
 
     def corruption_folder(self, root: Path, corruption: str) -> Path | None:
         """``root/<corruption>`` or ``root/<category>/<corruption>`` (the download's tar layout)."""
@@ -121,6 +134,11 @@ class ImageNetC(Benchmark):
         for category in (*CORRUPTION_CATEGORIES, 'extra'):
             if (root / category / corruption).is_dir():
                 return root / category / corruption
+        return None
+
+    def detect(self, root: Path, strong: bool) -> str | None:
+        if strong and any(self.corruption_folder(root, name) is not None for name in CORRUPTIONS):
+            return 'corruption folders found'
         return None
 
     def find_groups(
@@ -145,17 +163,15 @@ class ImageNetC(Benchmark):
             )
         return found, missing
 
-    def prepare(
-            self,
-            data_dir: str | os.PathLike,
-            label_space: LabelSpace,
-            *,
-            extra_corruptions: bool = False,
-            allow_partial: bool = False,
-            skip_groups: Sequence[str] = (),
-            **options,
-    ) -> PreparedData:
-        """Scan every requested folder (in parallel) into one sample list grouped by (corruption, severity)."""
+    def prepare(self, data_dir: str | os.PathLike, label_space: LabelSpace,
+                request: ValidationRequest | None = None) -> PreparedData:
+        """Scan every requested folder (in parallel) into one sample list grouped by (corruption, severity).
+
+        ``request.extra_corruptions`` adds the 4 held-out corruptions; ``request.allow_partial`` scores a tree
+        with folders missing or empty (aggregates then marked partial).
+        """
+        extra_corruptions = bool(request and request.extra_corruptions)
+        allow_partial = bool(request and request.allow_partial)
         corruptions = CORRUPTIONS + (EXTRA_CORRUPTIONS if extra_corruptions else ())
         found, missing = self.find_groups(data_dir, corruptions)
         if missing and not allow_partial:
@@ -165,7 +181,6 @@ class ImageNetC(Benchmark):
                 f'add --allow-partial to score what is there (aggregates marked partial)'
             )
         group_names = list(found)
-        to_scan = [name for name in group_names if name not in set(skip_groups)]
 
         def scan(name: str) -> list[tuple[str, int]]:
             folder = found[name]
@@ -174,21 +189,130 @@ class ImageNetC(Benchmark):
             except ValueError as error:
                 raise DatasetLayoutError(str(error)) from None
 
-        with ThreadPoolExecutor(max_workers=min(8, max(1, len(to_scan)))) as pool:
-            scanned = dict(zip(to_scan, pool.map(scan, to_scan)))
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(group_names)))) as pool:
+            scanned = dict(zip(group_names, pool.map(scan, group_names)))
         samples: list[tuple[str, int]] = []
         sample_groups: list[int] = []
         group_sizes = []
         for group, name in enumerate(group_names):
-            group_samples = scanned.get(name, [])
+            group_samples = scanned[name]
             samples += group_samples
             sample_groups += [group] * len(group_samples)
             group_sizes.append(len(group_samples))
-        empty = [name for name in to_scan if not scanned[name]]
+        empty = [name for name in group_names if not scanned[name]]
         if empty and not allow_partial:
             raise DatasetLayoutError(f'ImageNet-C folder(s) without images: {", ".join(empty[:8])}')
         return PreparedData(
             benchmark=self.name, root=Path(data_dir), samples=samples, sample_groups=sample_groups,
             group_names=group_names, group_sizes=group_sizes,
-            notes={'missing_groups': missing, 'corruptions': list(corruptions)},
+            notes={'missing_groups': missing, 'corruptions': list(corruptions)}, label_space=label_space,
         )
+
+    def score(self, context: EvaluationContext, prepared: PreparedData) -> dict[str, Any]:
+        """Top-1 error of every folder in one pipeline, resumed from the folders an interrupted run finished."""
+        runtime = context.runtime
+        preprocessing = context.preprocessing(self)
+        store = context.resume_store(self.name, prepared, preprocessing)
+        resumed = store.load_shared(prepared.group_names)  # the same names everywhere; counts on the main process
+        if resumed:
+            _logger.info('imagenet-c: resuming; %d of %d folders already finished (%s)', len(resumed),
+                         len(prepared.group_names), store.path)
+        remaining = prepared.without_groups(list(resumed))
+        finished = {name: counts for name, counts in resumed.items() if counts}
+
+        def record(counts: GroupCounts) -> None:
+            if not runtime.is_main or store.path is None:
+                return
+            new = False
+            for group in counts.finished(remaining.group_sizes):
+                name = remaining.group_names[group]
+                if remaining.group_sizes[group] and name not in finished:
+                    finished[name] = {'correct': counts.correct[group], 'scored': counts.scored[group],
+                                      'skipped': counts.skipped[group]}
+                    new = True
+            if new:
+                store.save(finished)
+
+        _logger.info('imagenet-c: %d images in %d folders to evaluate in one pipeline, preprocessing %s',
+                     len(remaining.samples), len(prepared.group_names) - len(resumed), preprocessing)
+        result = context.evaluate(remaining, preprocessing, self.name, sample_groups=SampleGroups(
+            remaining.sample_groups or [], num_groups=len(remaining.group_names), on_update=record,
+            sync_every=context.request.group_sync_every))
+        counts = dict(finished)
+        assert result.groups is not None
+        for group, name in enumerate(remaining.group_names):
+            if name not in counts and remaining.group_sizes[group]:
+                counts[name] = {'correct': result.groups.correct[group], 'scored': result.groups.scored[group],
+                                'skipped': result.groups.skipped[group]}
+        entry = self.entry(counts, prepared, self.clean_error(context))
+        entry['resumed_folders'] = len(resumed)
+        entry['preprocessing'] = context.preprocessing_record(preprocessing)
+        entry['elapsed_seconds'] = result.elapsed_seconds
+        store.discard()  # complete: the results file now holds everything
+        _logger.info('imagenet-c: mean_corruption_error %s, mce %s, relative_mce %s%s',
+                     format_metric(entry['mean_corruption_error']), format_metric(entry['mce']),
+                     format_metric(entry['relative_mce']), ' (PARTIAL)' if entry['partial'] else '')
+        return entry
+
+    def clean_error(self, context: EvaluationContext) -> float | None:
+        """--clean-error, else the top-1 error of the clean set scored earlier in this run (None: neither)."""
+        if context.request.clean_error is not None:
+            return context.request.clean_error
+        clean = context.results.get(self.clean_set, {}).get('top1')
+        return 100.0 - clean if isinstance(clean, float) and math.isfinite(clean) else None
+
+    def entry(self, counts: Mapping[str, Mapping[str, int]], prepared: PreparedData,
+              clean_error: float | None) -> dict[str, Any]:
+        """The results entry from per-folder counts (``{'corruption/severity': {correct, scored, skipped}}``)."""
+        errors: dict[str, dict[int, float]] = {}
+        for name, folder_counts in counts.items():
+            corruption, severity = name.split('/')
+            if folder_counts['scored']:
+                errors.setdefault(corruption, {})[int(severity)] = 100.0 * (
+                    1.0 - folder_counts['correct'] / folder_counts['scored'])
+        aggregates = aggregate_corruption_errors(errors, clean_error=clean_error)
+        if prepared.label_space is not None and not prepared.label_space.is_imagenet_1k:
+            # AlexNet's ImageNet-C errors are not a baseline for another label space: a number there would mislead
+            _logger.info('imagenet-c: mce and relative_mce left out (null): they are normalized by AlexNet\'s '
+                         'ImageNet-C errors, which exist for the 1000 ImageNet classes only')
+            aggregates.update(mce=None, relative_mce=None, corruption_errors={})
+        ordered = {corruption: {str(severity): errors[corruption][severity] for severity in SEVERITIES
+                                if severity in errors[corruption]}
+                   for corruption in prepared.notes['corruptions'] if corruption in errors}
+        return {
+            'mean_corruption_error': aggregates['mean_corruption_error'],
+            'mce': aggregates['mce'],
+            'relative_mce': aggregates['relative_mce'],
+            'num_samples': sum(folder['scored'] for folder in counts.values()),
+            'skipped_files': sum(folder['skipped'] for folder in counts.values()),
+            'errors': ordered,
+            'corruption_errors': aggregates['corruption_errors'],
+            'clean_error': clean_error,
+            'partial': aggregates['partial'],
+            'missing': aggregates['missing'],
+        }
+
+    def summary(self, entry: Mapping[str, Any]) -> dict[str, float | None]:
+        return {name: entry.get(name) for name in ('mean_corruption_error', 'mce', 'relative_mce')}
+
+    def report_details(self, entry: Mapping[str, Any]) -> list[str]:
+        """The corruption x severity table of top-1 errors, with each corruption's AlexNet-normalized CE."""
+        from ..report import format_cell
+        errors = entry.get('errors')
+        if not errors:
+            return []
+        severities = sorted({severity for by_severity in errors.values() for severity in by_severity}, key=int)
+        lines = ['', '## ImageNet-C top-1 error (percent) by corruption and severity', '',
+                 '| Corruption | ' + ' | '.join(severities) + ' | mean | CE (AlexNet = 100) |',
+                 '|---|' + '---:|' * (len(severities) + 2)]
+        normalized = entry.get('corruption_errors') or {}
+        for name, by_severity in errors.items():
+            values = [by_severity.get(severity) for severity in severities]
+            present = [value for value in values if value is not None]
+            mean = sum(present) / len(present) if present else None
+            lines.append('| ' + ' | '.join([name] + [format_cell(value) for value in values]
+                                           + [format_cell(mean), format_cell(normalized.get(name))]) + ' |')
+        if entry.get('partial'):
+            lines += ['', f'Partial: {len(entry.get("missing", []))} folder(s) missing '
+                          f'({", ".join(entry.get("missing", [])[:10])}); aggregates cover what is present.']
+        return lines

@@ -5,6 +5,7 @@ Folder ``17`` is ImageNet-1k class 17 (its wnid in classifier order), not the 17
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..data.label_space import LabelSpace, imagenet_wnids
@@ -19,6 +20,10 @@ class ImageNetV2(ClassFolderBenchmark):
     description = 'a re-collected ImageNet test set (matched-frequency); top-1 accuracy, higher is better'
     suite_folder_names = ('imagenet-v2', 'imagenetv2', 'imagenetv2-matched-frequency-format-val',
                           'imagenetv2-matched-frequency')
+
+    def detect(self, root: Path, strong: bool) -> str | None:
+        folders = [entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith('.')]
+        return 'integer class folders' if not strong and folders and all(name.isdigit() for name in folders) else None
 
     def folder_to_class(self, folder_names: Sequence[str], label_space: LabelSpace) -> Mapping[str, str]:
         wnids = imagenet_wnids()

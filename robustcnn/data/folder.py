@@ -2,7 +2,8 @@
 
 Both training and every evaluation set read images through :class:`ClassFolderDataset`, so bad files are
 handled one way everywhere: a file that cannot be decoded is named in a warning, then either skipped (evaluation)
-or replaced by the next readable sample (training), and counted in every batch (``num_failed``).
+or replaced by the next readable sample (training), and counted in every batch (``num_failed``; the batch type
+and its collate are in :mod:`robustcnn.data.loader`).
 """
 from __future__ import annotations
 
@@ -11,16 +12,15 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = [
     'IMAGE_EXTENSIONS', 'ImageDecodeError', 'load_rgb_image', 'list_class_folders', 'scan_class_folders',
-    'ClassFolderDataset', 'FolderBatch', 'collate_folder_batch',
+    'ClassFolderDataset',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -98,15 +98,6 @@ def scan_class_folders(
     return samples
 
 
-class FolderBatch(NamedTuple):
-    """A collated batch: decoded images, their labels and dataset indices, and how many files failed."""
-
-    images: torch.Tensor
-    targets: torch.Tensor
-    indices: torch.Tensor
-    num_failed: int
-
-
 class ClassFolderDataset(Dataset):
     """Images with integer labels; ``samples`` is a list of ``(path, label)``.
 
@@ -161,16 +152,3 @@ class ClassFolderDataset(Dataset):
                 if self.on_decode_error == 'skip':
                     return None, self.samples[index][1], index, num_failed
         raise RuntimeError('no image in the dataset can be decoded')
-
-
-def collate_folder_batch(batch: Sequence[tuple[Any, int, int, int]]) -> FolderBatch:
-    """Stack the decoded samples of a batch, dropping skipped ones and counting every failed file."""
-    kept = [sample for sample in batch if sample[0] is not None]
-    num_failed = sum(sample[3] for sample in batch)
-    if not kept:
-        return FolderBatch(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long),
-                           num_failed)
-    images = torch.stack([torch.as_tensor(sample[0]) for sample in kept])
-    targets = torch.tensor([sample[1] for sample in kept], dtype=torch.long)
-    indices = torch.tensor([sample[2] for sample in kept], dtype=torch.long)
-    return FolderBatch(images, targets, indices, num_failed)

@@ -25,11 +25,12 @@ from timm.data import create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
 
 from ..cli import UsageError
-from .folder import ClassFolderDataset, collate_folder_batch, list_class_folders, scan_class_folders
+from .folder import ClassFolderDataset, list_class_folders, scan_class_folders
+from .loader import collate_eval_batch
 
 __all__ = [
     'check_split_folder', 'resolve_class_names', 'posterize_keeping_zero_bits', 'build_train_transform',
-    'build_eval_transform', 'SeededSampler', 'SeededDataset', 'build_train_loader', 'build_eval_loader', 'sample_seed',
+    'SeededSampler', 'SeededDataset', 'build_train_loader', 'sample_seed',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -98,18 +99,6 @@ def build_train_transform(args: argparse.Namespace, data_config: Mapping[str, An
         re_mode=args.remode,
         re_count=args.recount,
     ))
-
-
-def build_eval_transform(data_config: Mapping[str, Any]) -> Any:
-    """Resize + center crop + normalize, as the model will be evaluated."""
-    return create_transform(
-        input_size=data_config['input_size'],
-        is_training=False,
-        interpolation=data_config['interpolation'],
-        mean=data_config['mean'],
-        std=data_config['std'],
-        crop_pct=data_config['crop_pct'],
-    )
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -224,41 +213,10 @@ def build_train_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_folder_batch,
+        collate_fn=collate_eval_batch,
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=workers > 0,
         # The sampler supplies every seed; a fixed generator keeps DataLoader from drawing on the global RNG.
         generator=torch.Generator().manual_seed(args.seed),
-    )
-
-
-def build_eval_loader(
-        folder: Path,
-        class_to_index: Mapping[str, int],
-        transform: Any,
-        batch_size: int,
-        workers: int,
-        num_replicas: int,
-        rank: int,
-        pin_memory: bool = False,
-) -> DataLoader:
-    """Unpadded shards so that distributed validation counts each image exactly once."""
-    from .samplers import ShardedEvalSampler
-    try:
-        samples = scan_class_folders(folder, class_to_index)
-    except ValueError as error:  # a validation folder that is not a training class
-        raise UsageError(str(error).replace('pass --class-map with the model\'s class list',
-                                            'validation classes must be training classes')) from None
-    dataset = ClassFolderDataset(samples, transform, on_decode_error='skip')
-    if len(dataset) == 0:
-        raise UsageError(f'{folder} holds no image files in its class folders')
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=ShardedEvalSampler(dataset, num_replicas=num_replicas, rank=rank),
-        num_workers=workers,
-        collate_fn=collate_folder_batch,
-        pin_memory=pin_memory,
-        drop_last=False,
     )

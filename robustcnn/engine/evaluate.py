@@ -19,7 +19,8 @@ from ..cli import UsageError
 from ..faults import kill_point
 from .runtime import IGNORE_TARGET, runtime_inference_mode
 
-__all__ = ['EvalResult', 'GroupCounts', 'evaluate', 'normalize_on_device', 'format_duration']
+__all__ = ['EvalResult', 'GroupCounts', 'SampleGroups', 'Predictions', 'evaluate', 'predict', 'normalize_on_device',
+           'format_duration']
 
 _logger = logging.getLogger(__name__)
 
@@ -41,6 +42,21 @@ class GroupCounts:
 
 
 @dataclass
+class SampleGroups:
+    """Samples whose top-1 counts are also kept per group (a set scored by parts, e.g. ImageNet-C's folders).
+
+    ``of_sample``: the group id of every dataset index. ``on_update`` is called on every process with the counts
+    summed over all processes every ``sync_every`` batches (and at the end), so a caller can save finished groups
+    as they complete and resume after a kill.
+    """
+
+    of_sample: Sequence[int] | torch.Tensor
+    num_groups: int = 0
+    on_update: Callable[[GroupCounts], None] | None = None
+    sync_every: int = 0
+
+
+@dataclass
 class EvalResult:
     """Accuracies in percent; ``loss`` is the mean cross entropy over the scored samples."""
 
@@ -56,6 +72,20 @@ class EvalResult:
         """The fields of a results file entry."""
         return {'top1': self.top1, 'top5': self.top5, 'loss': self.loss, 'num_samples': self.num_samples,
                 'skipped_files': self.skipped_files}
+
+
+@dataclass
+class Predictions:
+    """Every sample's model output in dataset order, the same on every process.
+
+    ``outputs``: float32 CPU tensor ``[num_samples, K]`` (logits, or what ``reduce`` made of them); ``scored``: bool
+    ``[num_samples]``, False for files that failed to decode (their rows are zeros).
+    """
+
+    outputs: torch.Tensor
+    scored: torch.Tensor
+    skipped_files: int
+    elapsed_seconds: float = 0.0
 
 
 def format_duration(seconds: float) -> str:
@@ -114,22 +144,17 @@ def evaluate(
         channels_last: bool = False,
         label_subset: Sequence[int] | torch.Tensor | None = None,
         normalization: tuple[Sequence[float], Sequence[float]] | None = None,
-        sample_groups: Sequence[int] | torch.Tensor | None = None,
-        num_groups: int = 0,
-        on_groups_update: Callable[[GroupCounts], None] | None = None,
-        group_sync_every: int = 0,
+        sample_groups: SampleGroups | None = None,
         log_freq: int = 0,
         description: str = 'eval',
 ) -> EvalResult:
-    """Score ``model`` on every batch of ``loader`` (FolderBatch: images, targets, indices, num_failed).
+    """Score ``model`` on every batch of ``loader`` (:class:`robustcnn.data.loader.EvalBatch`).
 
     - ``label_subset``: logits are restricted to these classifier indices before top-k and loss (ImageNet-R/-A);
       targets must already be positions in that subset.
     - ``normalization``: ``(mean, std)`` applied on the device to uint8 batches; float batches pass unchanged.
-    - ``sample_groups``: a group id per dataset index; per-group top-1 counts come back in ``result.groups``.
-      ``on_groups_update`` is called on every process with the summed counts every ``group_sync_every`` batches
-      (and at the end), so callers can save finished groups as they complete.
-    - Batches may be empty (all files failed); a batch may carry ``failed_indices`` to attribute failures to groups.
+    - ``sample_groups``: per-group top-1 counts come back in ``result.groups`` (see :class:`SampleGroups`).
+    - Batches may be empty (all files failed); their ``failed_indices`` attribute failures to groups.
     The model is put in eval mode and restored to its previous mode afterwards; the caller sets its memory format.
     """
     device = runtime.device
@@ -144,9 +169,11 @@ def evaluate(
         mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
         std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
     groups = None
+    num_groups, on_groups_update, group_sync_every = 0, None, 0
     if sample_groups is not None:
-        groups = torch.as_tensor(sample_groups, dtype=torch.long, device=device)
-        num_groups = num_groups or (int(groups.max().item()) + 1 if groups.numel() else 0)
+        groups = torch.as_tensor(sample_groups.of_sample, dtype=torch.long, device=device)
+        num_groups = sample_groups.num_groups or (int(groups.max().item()) + 1 if groups.numel() else 0)
+        on_groups_update, group_sync_every = sample_groups.on_update, sample_groups.sync_every
     # counts: [top1 correct, top5 correct, scored, failed]; loss kept apart in float64 for exact sums.
     counts = torch.zeros(4, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -172,11 +199,10 @@ def evaluate(
         # XLA pads batches to one shape (padding targets are IGNORE_TARGET) and puts them on the devices
         batches = runtime.eval_batches(loader) if hasattr(runtime, 'eval_batches') else loader
         for step, batch in enumerate(batches, start=1):
-            images, targets, indices, num_failed = batch[0], batch[1], batch[2], int(batch[3])
-            counts[3] += num_failed
-            failed_indices = getattr(batch, 'failed_indices', None)
-            if groups is not None and failed_indices is not None and len(failed_indices):
-                failed_groups = groups[torch.as_tensor(failed_indices, dtype=torch.long, device=device)]
+            images, targets, indices = batch.images, batch.targets, batch.indices
+            counts[3] += int(batch.num_failed)
+            if groups is not None and len(batch.failed_indices):
+                failed_groups = groups[torch.as_tensor(batch.failed_indices, dtype=torch.long, device=device)]
                 group_counts[2].index_add_(0, failed_groups, torch.ones_like(failed_groups))
             if images.numel() > 0:
                 images = images.to(device, non_blocking=True)
@@ -236,3 +262,79 @@ def evaluate(
                         description, failed)
     return EvalResult(top1=top1, top5=top5, loss=loss, num_samples=scored, skipped_files=failed,
                       elapsed_seconds=elapsed, groups=group_result)
+
+
+@runtime_inference_mode
+def predict(
+        model: torch.nn.Module,
+        loader: Iterable[Any],
+        runtime: Any,
+        num_samples: int,
+        *,
+        amp_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        description: str = 'predict',
+) -> Predictions:
+    """The model's output for every one of the ``num_samples`` dataset indices, gathered over all processes.
+
+    For sets whose metric is not top-k over labels (shape bias, calibration): the caller gets the outputs and
+    computes its metric once, on complete data. ``reduce`` runs on the device per batch (float32 logits in, ``[B, K]``
+    out), so only what the metric needs leaves the device. Each process writes its shard's rows into a zero
+    ``[num_samples, K]`` buffer and the buffers are summed: every row comes from exactly one process (the eval
+    sampler does not pad), so the sum is the row itself, bit for bit, in dataset order.
+    """
+    device = runtime.device
+    was_training = model.training
+    model.eval()
+    mean = std = None
+    if normalization is not None:
+        mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    rows: list[torch.Tensor] = []
+    row_indices: list[torch.Tensor] = []
+    failed = torch.zeros((), dtype=torch.long, device=device)
+    start = time.perf_counter()
+    try:
+        batches = runtime.eval_batches(loader) if hasattr(runtime, 'eval_batches') else loader
+        for batch in batches:
+            failed += int(batch.num_failed)
+            if batch.images.numel() == 0:
+                continue
+            images = batch.images.to(device, non_blocking=True)
+            if mean is not None and not images.is_floating_point():
+                images = normalize_on_device(images, mean, std)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with runtime.autocast(amp_dtype):
+                output = _forward(model, images)
+            output = output.float()
+            if reduce is not None:
+                output = reduce(output).float()
+            valid = batch.targets.to(device).ne(IGNORE_TARGET)  # XLA pads batches with IGNORE_TARGET rows
+            rows.append(output[valid])
+            row_indices.append(batch.indices.to(device)[valid])
+            kill_point('validation-batch')
+    finally:
+        model.train(was_training)
+    width = rows[0].shape[1] if rows else 0
+    width_everywhere = runtime.all_reduce_sum(torch.tensor(width, dtype=torch.long, device=device).view(1))
+    # every process that saw images has the same width; one that saw none contributes 0 to the sum of widths
+    processes_with_rows = runtime.all_reduce_sum(torch.tensor([int(bool(rows))], dtype=torch.long, device=device))
+    width = int(width_everywhere.item()) // max(int(processes_with_rows.item()), 1)
+    outputs = torch.zeros(num_samples, width, dtype=torch.float32, device=device)
+    scored = torch.zeros(num_samples, dtype=torch.long, device=device)
+    if rows:
+        indices = torch.cat(row_indices)
+        outputs.index_copy_(0, indices, torch.cat(rows))
+        scored.index_fill_(0, indices, 1)
+    runtime.all_reduce_sum(outputs)
+    runtime.all_reduce_sum(scored)
+    runtime.all_reduce_sum(failed)
+    skipped = int(failed.item())
+    if skipped:
+        _logger.warning('%s: %d file(s) could not be decoded and were skipped (named in the warnings above)',
+                        description, skipped)
+    return Predictions(outputs=outputs.cpu(), scored=scored.cpu().bool(), skipped_files=skipped,
+                       elapsed_seconds=time.perf_counter() - start)

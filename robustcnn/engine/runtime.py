@@ -301,15 +301,14 @@ class Runtime:
                 continue
             size = size or _round_up(loader_batch or targets.shape[0], self.devices_per_process)
             padded = self._pad(images, targets, indices, template, size)
-            yield batch._replace(images=padded[0], targets=padded[1], indices=padded[2]) \
-                if hasattr(batch, '_replace') else (*padded, *batch[3:])
+            yield batch._replace(images=padded[0], targets=padded[1], indices=padded[2])
             self.step_done()
         while steps < steps_needed and template is not None:
-            from ..data.folder import FolderBatch
+            from ..data.loader import EvalBatch
             empty = torch.empty((0,), dtype=torch.long)
             padded = self._pad(template[:0], empty, empty, template, size)
             steps += 1
-            yield FolderBatch(padded[0], padded[1], padded[2], 0)
+            yield EvalBatch(padded[0], padded[1], padded[2], 0, empty)
             self.step_done()
 
     def _pad(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor, template: torch.Tensor,

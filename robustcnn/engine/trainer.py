@@ -28,9 +28,9 @@ from .. import __version__
 from ..checkpoint import CheckpointError, atomic_write_text, load_checkpoint_file, load_model_weights
 from ..cli import UsageError, setup_logging
 from ..config import args_to_yaml, effective_learning_rate, resolve_device_defaults, total_batch_size
-from ..data.train_data import (
-    build_eval_loader, build_train_loader, build_train_transform, check_split_folder, resolve_class_names,
-)
+from ..data.folder import ClassFolderDataset, scan_class_folders
+from ..data.loader import build_eval_loader
+from ..data.train_data import build_train_loader, build_train_transform, check_split_folder, resolve_class_names
 from .checkpointing import CheckpointSaver, ResumePoint, capture_rng_state, find_resume_checkpoint, \
     restore_training_state
 from .runtime import AMP_DTYPES, Runtime, init_runtime
@@ -221,10 +221,17 @@ class _Trainer:
         self.eval_preprocessing = resolve_eval_preprocessing(
             model, 'resize_center_crop', img_size=args.img_size, input_size=args.input_size, crop_pct=args.crop_pct,
             interpolation=args.interpolation, mean=args.mean, std=args.std)
+        try:
+            val_samples = scan_class_folders(self.val_folder, self.class_to_index)
+        except ValueError as error:  # a validation folder that is not a training class
+            raise UsageError(str(error).replace('pass --class-map with the model\'s class list',
+                                                'validation classes must be training classes')) from None
+        if not val_samples:
+            raise UsageError(f'{self.val_folder} holds no image files in its class folders')
         self.eval_loader = build_eval_loader(
-            self.val_folder, self.class_to_index, build_eval_transform(self.eval_preprocessing),
-            batch_size=runtime.process_batch_size(args.validation_batch_size or args.batch_size), workers=args.workers,
-            num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=args.pin_mem)
+            ClassFolderDataset(val_samples, build_eval_transform(self.eval_preprocessing), on_decode_error='skip'),
+            runtime.process_batch_size(args.validation_batch_size or args.batch_size), args.workers, runtime,
+            pin_memory=args.pin_mem)
         self.num_batches = self.train_loader.sampler.full_length() // self.train_loader.batch_size
         self.updates_per_epoch = math.ceil(self.num_batches / args.grad_accum_steps)
 

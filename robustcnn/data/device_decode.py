@@ -26,9 +26,9 @@ import torch
 from PIL import Image
 
 from ..cli import UsageError
-from ..data.folder import ClassFolderDataset, ImageDecodeError, load_rgb_image
-from ..data.transforms import EvalPreprocessing
+from .folder import ClassFolderDataset, ImageDecodeError, load_rgb_image
 from .loader import EvalBatch, stack_images
+from .transforms import EvalPreprocessing
 
 __all__ = ['check_device_preprocessing', 'EncodedJpeg', 'EncodedBatch', 'JpegBytesDataset', 'collate_encoded_batch',
            'decode_batch_on_device', 'DeviceDecodingLoader', 'is_plain_jpeg']

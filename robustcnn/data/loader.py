@@ -1,4 +1,10 @@
-"""One DataLoader per evaluation set: sharded without padding, failed files kept track of by index."""
+"""The one batch type and collate of every loader, and the evaluation DataLoader (training's validation, validate.py).
+
+Evaluation shards are not padded (each image counted once over all processes) and a batch names the dataset
+indices of the files that failed to decode, so a set scored per sample group (ImageNet-C's folders) knows which
+group lost them. Training batches use the same type and collate (their ``failed_indices`` stay empty: training
+replaces an unreadable file by the next readable one).
+"""
 from __future__ import annotations
 
 import logging
@@ -9,16 +15,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..cli import UsageError
-from ..data.folder import ClassFolderDataset
-from ..data.samplers import ShardedEvalSampler
+from .folder import ClassFolderDataset
+from .samplers import ShardedEvalSampler
 
-__all__ = ['EvalBatch', 'stack_images', 'collate_eval_batch', 'build_eval_loader', 'default_workers']
+__all__ = ['EvalBatch', 'stack_images', 'collate_eval_batch', 'build_eval_loader', 'available_cores', 'default_workers']
 
 _logger = logging.getLogger(__name__)
 
 
 class EvalBatch(NamedTuple):
-    """FolderBatch plus the dataset indices of files that failed, so ImageNet-C can tell which folder lost them."""
+    """A collated batch: decoded images, their labels and dataset indices, how many files failed to decode (a
+    training sample replaced after two failures counts two) and the dataset indices of the skipped ones."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -48,6 +55,7 @@ def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def collate_eval_batch(batch: Sequence[tuple[Any, int, int, int]]) -> EvalBatch:
+    """Stack the decoded samples of ``ClassFolderDataset`` items, dropping skipped ones and counting every failure."""
     kept = [sample for sample in batch if sample[0] is not None]
     failed = torch.tensor([sample[2] for sample in batch if sample[0] is None], dtype=torch.long)
     num_failed = sum(sample[3] for sample in batch)
