@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Sequence
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--results-file', default='', metavar='PATH', help='results as .json, .csv or .md')
     group.add_argument('--figure', default='', metavar='PATH.png',
                        help='PNG: ImageNet-C heat map (corruption x severity) and top-1 bars across the sets')
+    from robustcnn.tracking import add_tracking_arguments
+    add_tracking_arguments(parser, default_place='beside --results-file (else in the current folder)')
     return parser
 
 
@@ -154,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     request = request_from_args(args)
     if args.figure and not args.figure.lower().endswith('.png'):
         raise UsageError(f'--figure must end in .png, got {args.figure}')
+    from robustcnn.tracking import check_tracking_args
+    check_tracking_args(args)
     try:
         runtime = init_runtime(args.device)
     except (RuntimeError, ValueError) as error:
@@ -170,7 +175,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = run_validation(request, runtime)
     if runtime.is_main:
         sys.stdout.write(results_to_markdown(payload))
+        log_results_to_trackers(args, payload)
     return 0
+
+
+def log_results_to_trackers(args: argparse.Namespace, payload: dict) -> None:
+    """--log-tensorboard / --log-wandb: the finished results, once, beside the results file."""
+    from robustcnn.tracking import build_tracker, log_validation_results, tracking_requested
+    if not tracking_requested(args):
+        return
+    directory = os.path.dirname(os.path.abspath(args.results_file)) if args.results_file else os.getcwd()
+    config = {'model': payload.get('model'), 'checkpoint': payload.get('checkpoint'), **vars(args)}
+    tracker = build_tracker(args, directory, config=config, default_name=f'validate-{payload.get("model")}')
+    try:
+        log_validation_results(tracker, payload)
+    finally:
+        tracker.close()
 
 
 if __name__ == '__main__':
