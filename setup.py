@@ -24,7 +24,6 @@ EXTRAS_REQUIRE = {
     'tensorboard': ['tensorboard>=2.14'],    # --log-tensorboard
     'wandb': ['wandb>=0.19'],                # --log-wandb
     'download': ['gdown>=5.0'],              # robustcnn download (the released weights on Google Drive)
-    'hub': ['huggingface_hub>=0.23'],        # robustcnn export --push-to-hub
 }
 EXTRAS_REQUIRE['dev'] = ['pytest>=8.0', 'pytest-timeout>=2.3', 'matplotlib>=3.7', *EXTRAS_REQUIRE['tensorboard'],
                          *EXTRAS_REQUIRE['wandb'], *EXTRAS_REQUIRE['download']]

@@ -3,6 +3,7 @@
     robustcnn                          version and registered models
     robustcnn models [--params]        the same, optionally with parameter counts
     robustcnn convert CKPT OUT.safetensors [--use-ema]
+    robustcnn export CKPT DIR [--results FILE...] [--push-to-hub USER/REPO]   a folder timm / the Hub load
     robustcnn demo [DEMO OPTIONS]      the synthetic shape-vs-texture demo (same as scripts/demo.py)
 """
 from __future__ import annotations
@@ -57,6 +58,17 @@ def convert(checkpoint: Path, output: Path, use_ema: bool) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from .export import export_for_hub, push_folder_to_hub
+    folder = export_for_hub(args.checkpoint, args.output, model_name=args.model, use_ema=args.use_ema,
+                            results_files=args.results)
+    print(f'wrote {folder} (model.safetensors, config.json, README.md); load it with '
+          f"timm.create_model('local-dir:{folder}', pretrained=True)")
+    if args.push_to_hub:
+        print(f'pushed to {push_folder_to_hub(folder, args.push_to_hub, private=args.private)}')
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='robustcnn', description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest='command')
@@ -66,6 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     converter.add_argument('checkpoint', type=Path)
     converter.add_argument('output', type=Path)
     converter.add_argument('--use-ema', action='store_true', help='take the EMA weights (state_dict_ema)')
+    exporter = commands.add_parser('export', help='write a checkpoint as a folder in timm\'s Hugging Face Hub layout '
+                                   '(model.safetensors, config.json, README.md model card)')
+    exporter.add_argument('checkpoint', type=Path)
+    exporter.add_argument('output', type=Path, metavar='DIR')
+    exporter.add_argument('--model', default=None, help='timm model name (default: the checkpoint\'s metadata)')
+    exporter.add_argument('--use-ema', action='store_true', help='take the EMA weights (state_dict_ema)')
+    exporter.add_argument('--results', nargs='+', default=[], type=Path, metavar='FILE',
+                          help='validate.py --results-file .json files: the model card\'s evaluation table')
+    exporter.add_argument('--push-to-hub', default=None, metavar='USER/REPO',
+                          help='then upload the folder to this Hugging Face Hub repository (needs network and login)')
+    exporter.add_argument('--private', action='store_true', help='with --push-to-hub: create the repository private')
     commands.add_parser('demo', add_help=False, help='train and evaluate on the synthetic robustness benchmark '
                         '(scripts/demo.py; `robustcnn demo --help` lists its options)')
     parser.add_argument('--params', action='store_true', help=argparse.SUPPRESS)
@@ -76,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == 'convert':
         return convert(args.checkpoint, args.output, args.use_ema)
+    if args.command == 'export':
+        return export(args)
     return list_models(args.params)
 
 
