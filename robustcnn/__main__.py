@@ -1,4 +1,4 @@
-"""``python -m robustcnn`` / ``robustcnn``: list the models, or convert a checkpoint to ``.safetensors``.
+"""``python -m robustcnn`` / ``robustcnn``: list the models, convert or export a checkpoint, fetch released weights.
 
     robustcnn                          version and registered models
     robustcnn models [--params]        the same, optionally with parameter counts
