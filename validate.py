@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from typing import Sequence
 
@@ -175,22 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = run_validation(request, runtime)
     if runtime.is_main:
         sys.stdout.write(results_to_markdown(payload))
-        log_results_to_trackers(args, payload)
+        from robustcnn.tracking import track_validation_run
+        track_validation_run(args, payload)  # --log-tensorboard / --log-wandb
     return 0
-
-
-def log_results_to_trackers(args: argparse.Namespace, payload: dict) -> None:
-    """--log-tensorboard / --log-wandb: the finished results, once, beside the results file."""
-    from robustcnn.tracking import build_tracker, log_validation_results, tracking_requested
-    if not tracking_requested(args):
-        return
-    directory = os.path.dirname(os.path.abspath(args.results_file)) if args.results_file else os.getcwd()
-    config = {'model': payload.get('model'), 'checkpoint': payload.get('checkpoint'), **vars(args)}
-    tracker = build_tracker(args, directory, config=config, default_name=f'validate-{payload.get("model")}')
-    try:
-        log_validation_results(tracker, payload)
-    finally:
-        tracker.close()
 
 
 if __name__ == '__main__':

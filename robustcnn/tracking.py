@@ -25,7 +25,7 @@ from .cli import UsageError
 
 __all__ = ['Tracker', 'NullTracker', 'TensorBoardTracker', 'WandbTracker', 'MultiTracker', 'add_tracking_arguments',
            'check_tracking_args', 'tracking_requested', 'build_tracker', 'log_validation_results',
-           'TENSORBOARD_DIR', 'WANDB_STATE_FILE', 'DEFAULT_WANDB_PROJECT']
+           'track_validation_run', 'TENSORBOARD_DIR', 'WANDB_STATE_FILE', 'DEFAULT_WANDB_PROJECT']
 
 TENSORBOARD_DIR = 'tensorboard'  # default event-file folder inside a run folder
 WANDB_STATE_FILE = 'robustcnn-wandb-run.json'  # in <folder>/wandb/: the W&B run id and the last step it logged
@@ -231,6 +231,21 @@ def build_tracker(args: argparse.Namespace, directory: str | os.PathLike, *, is_
         trackers.append(WandbTracker(directory, project=args.wandb_project or DEFAULT_WANDB_PROJECT,
                                      name=args.wandb_name or default_name, config=config, resume=resume))
     return trackers[0] if len(trackers) == 1 else MultiTracker(trackers)
+
+
+def track_validation_run(args: argparse.Namespace, payload: Mapping[str, Any]) -> None:
+    """validate.py's hook (main process, after the results are complete): log them once, the files beside
+    ``--results-file`` (or in the current folder)."""
+    if not tracking_requested(args):
+        return
+    results_file = getattr(args, 'results_file', '')
+    directory = Path(results_file).resolve().parent if results_file else Path.cwd()
+    config = {**vars(args), 'model': payload.get('model'), 'checkpoint': payload.get('checkpoint')}
+    tracker = build_tracker(args, directory, config=config, default_name=f'validate-{payload.get("model")}')
+    try:
+        log_validation_results(tracker, payload)
+    finally:
+        tracker.close()
 
 
 _RESULT_METRICS = ('top1', 'top5', 'loss', 'mean_corruption_error', 'mce', 'relative_mce', 'num_samples')

@@ -44,7 +44,7 @@ def scalar_points(events: EventAccumulator, tag: str) -> list[tuple[int, float]]
 
 
 def wandb_files(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob('wandb/offline-run-*/run-*.wandb'))
+    return [wandb_records.wait_until_complete(path) for path in sorted(run_dir.glob('wandb/offline-run-*/run-*.wandb'))]
 
 
 def logged_losses(train_log: str) -> dict[tuple[int, int], float]:
@@ -144,6 +144,8 @@ def test_validate_py_logs_its_results(tmp_path, offline_wandb):
         (0, pytest.approx(75.0, abs=1e-4))]
     [run_file] = wandb_files(tmp_path / 'out')
     assert wandb_records.history(run_file)[0]['imagenet/top1'] == pytest.approx(75.0, abs=1e-4)
+    config = wandb_records.config(run_file)
+    assert config['model'] == model and config['checkpoint'] == str(checkpoint) and config['batch_size'] == 2
 
 
 @pytest.mark.parametrize('flag, module', [('--log-tensorboard', 'tensorboard'), ('--log-wandb', 'wandb')])

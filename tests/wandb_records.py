@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,21 @@ def read_records(path: Path) -> list[Any]:
             record.ParseFromString(payload)
             records.append(record)
     return records
+
+
+def wait_until_complete(path: Path, patience: float = 120.0) -> Path:
+    """Return once the run's ``exit`` record is on disk: ``wandb.finish()`` returns before W&B's separate service
+    process has written everything (seen under load), and a test reading the file at once would see a prefix."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            if any(record.WhichOneof('record_type') == 'exit' for record in read_records(path)):
+                return path
+        except Exception:  # a record being written
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f'{path}: no exit record after {patience:.0f} s')
+        time.sleep(0.2)
 
 
 def history(path: Path) -> list[dict[str, Any]]:
