@@ -83,6 +83,20 @@ def test_download_verifies_caches_and_timm_then_loads_it(cache, server, capsys):
     with torch.no_grad():
         assert torch.equal(loaded(images), model(images))
 
+    # validate.py --pretrained scores exactly what --checkpoint with the served file scores
+    sys.path.insert(0, str(REPO))
+    import validate
+    from dataset_trees import build_wnid_tree
+    data = build_wnid_tree(root.parent / 'ImageNet' / 'val', {0: [0], 5: [5]})
+    outcomes = []
+    for source in (['--pretrained'], ['--checkpoint', str(root / 'pico.pth')]):
+        results = root.parent / f'results{len(outcomes)}.json'
+        assert validate.main([str(data), '--dataset', 'imagenet', '--model', NAME, *source, '--workers', '0',
+                              '--img-size', '64', '--results-file', str(results)]) == 0
+        entry = json.loads(results.read_text())['results']['imagenet']
+        outcomes.append((entry['num_samples'], entry['top1'], entry['loss']))
+    assert outcomes[0] == outcomes[1] and outcomes[0][0] == 2
+
     # a second call finds the verified copy and does not fetch (the server no longer has the file)
     (root / 'pico.pth').unlink()
     assert main(['download', NAME, '--url', f'{base}/pico.pth', '--quiet']) == 0
