@@ -21,8 +21,12 @@ INSTALL_REQUIRES = [
 ]
 EXTRAS_REQUIRE = {
     'report': ['matplotlib>=3.7'],
-    'dev': ['pytest>=8.0', 'pytest-timeout>=2.3', 'matplotlib>=3.7'],
+    'tensorboard': ['tensorboard>=2.14'],    # --log-tensorboard
+    'wandb': ['wandb>=0.19'],                # --log-wandb
+    'download': ['gdown>=5.0'],              # robustcnn download (the released weights on Google Drive)
 }
+EXTRAS_REQUIRE['dev'] = ['pytest>=8.0', 'pytest-timeout>=2.3', 'matplotlib>=3.7', *EXTRAS_REQUIRE['tensorboard'],
+                         *EXTRAS_REQUIRE['wandb'], *EXTRAS_REQUIRE['download']]
 
 setup(
     name='robustcnn',

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--results-file', default='', metavar='PATH', help='results as .json, .csv or .md')
     group.add_argument('--figure', default='', metavar='PATH.png',
                        help='PNG: ImageNet-C heat map (corruption x severity) and top-1 bars across the sets')
+    from robustcnn.tracking import add_tracking_arguments
+    add_tracking_arguments(parser, default_place='beside --results-file (else in the current folder)')
     return parser
 
 
@@ -154,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     request = request_from_args(args)
     if args.figure and not args.figure.lower().endswith('.png'):
         raise UsageError(f'--figure must end in .png, got {args.figure}')
+    from robustcnn.tracking import check_tracking_args
+    check_tracking_args(args)
     try:
         runtime = init_runtime(args.device)
     except (RuntimeError, ValueError) as error:
@@ -170,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = run_validation(request, runtime)
     if runtime.is_main:
         sys.stdout.write(results_to_markdown(payload))
+        from robustcnn.tracking import track_validation_run
+        track_validation_run(args, payload)  # --log-tensorboard / --log-wandb
     return 0
 
 

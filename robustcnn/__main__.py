@@ -1,8 +1,10 @@
-"""``python -m robustcnn`` / ``robustcnn``: list the models, or convert a checkpoint to ``.safetensors``.
+"""``python -m robustcnn`` / ``robustcnn``: list the models, convert or export a checkpoint, fetch released weights.
 
     robustcnn                          version and registered models
     robustcnn models [--params]        the same, optionally with parameter counts
     robustcnn convert CKPT OUT.safetensors [--use-ema]
+    robustcnn export CKPT DIR [--results FILE...] [--push-to-hub USER/REPO]   a folder timm / the Hub load
+    robustcnn download NAME... [--url URL] [--force]   the released weights, into the cache timm then reads
     robustcnn demo [DEMO OPTIONS]      the synthetic shape-vs-texture demo (same as scripts/demo.py)
 """
 from __future__ import annotations
@@ -57,6 +59,31 @@ def convert(checkpoint: Path, output: Path, use_ema: bool) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    from .export import export_for_hub, push_folder_to_hub
+    folder = export_for_hub(args.checkpoint, args.output, model_name=args.model, use_ema=args.use_ema,
+                            results_files=args.results)
+    print(f'wrote {folder} (model.safetensors, config.json, README.md); load it with '
+          f"timm.create_model('local-dir:{folder}', pretrained=True)")
+    if args.push_to_hub:
+        print(f'pushed to {push_folder_to_hub(folder, args.push_to_hub, private=args.private)}')
+    return 0
+
+
+def download(args: argparse.Namespace) -> int:
+    from .models.released import download_weights
+    if args.url and len(args.names) > 1:
+        raise UsageError('--url is the source of one model; give one NAME with it')
+    for name in args.names:
+        if not timm.is_model(name):
+            raise UsageError(f'unknown model {name!r}; see `robustcnn models`')
+    for name in args.names:
+        path = download_weights(name, url=args.url, force=args.force, quiet=args.quiet)
+        print(f'{name}: {path} (verified); timm.create_model({name!r}, pretrained=True) and validate.py '
+              f'--model {name} --pretrained use it')
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='robustcnn', description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest='command')
@@ -66,6 +93,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     converter.add_argument('checkpoint', type=Path)
     converter.add_argument('output', type=Path)
     converter.add_argument('--use-ema', action='store_true', help='take the EMA weights (state_dict_ema)')
+    exporter = commands.add_parser('export', help='write a checkpoint as a folder in timm\'s Hugging Face Hub layout '
+                                   '(model.safetensors, config.json, README.md model card)')
+    exporter.add_argument('checkpoint', type=Path)
+    exporter.add_argument('output', type=Path, metavar='DIR')
+    exporter.add_argument('--model', default=None, help='timm model name (default: the checkpoint\'s metadata)')
+    exporter.add_argument('--use-ema', action='store_true', help='take the EMA weights (state_dict_ema)')
+    exporter.add_argument('--results', nargs='+', default=[], type=Path, metavar='FILE',
+                          help='validate.py --results-file .json files: the model card\'s evaluation table')
+    exporter.add_argument('--push-to-hub', default=None, metavar='USER/REPO',
+                          help='then upload the folder to this Hugging Face Hub repository (needs network and login)')
+    exporter.add_argument('--private', action='store_true', help='with --push-to-hub: create the repository private')
+    downloader = commands.add_parser('download', help='fetch the authors\' released weights (Google Drive, via gdown), '
+                                     'verify and cache them for timm.create_model(NAME, pretrained=True)')
+    downloader.add_argument('names', nargs='+', metavar='NAME',
+                            help='robust_resnet_dw_small, robust_resnet_inverted_dw_small, '
+                                 'robust_resnet_up_inverted_dw_small, robust_resnet_down_inverted_dw_small')
+    downloader.add_argument('--url', default=None, help='fetch from this URL instead of the released link (one NAME)')
+    downloader.add_argument('--force', action='store_true', help='download again even if a verified copy is cached')
+    downloader.add_argument('--quiet', action='store_true', help='no progress bar')
     commands.add_parser('demo', add_help=False, help='train and evaluate on the synthetic robustness benchmark '
                         '(scripts/demo.py; `robustcnn demo --help` lists its options)')
     parser.add_argument('--params', action='store_true', help=argparse.SUPPRESS)
@@ -76,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == 'convert':
         return convert(args.checkpoint, args.output, args.use_ema)
+    if args.command == 'export':
+        return export(args)
+    if args.command == 'download':
+        return download(args)
     return list_models(args.params)
 
 

@@ -223,6 +223,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                        help='how many checkpoint-{epoch}.pth.tar files to keep')
     group.add_argument('--eval-metric', default='top1', choices=['top1', 'top5', 'loss'],
                        help='metric that picks model_best.pth.tar')
+
+    from .tracking import add_tracking_arguments
+    add_tracking_arguments(parser, default_place='in the run folder')
     return parser
 
 
@@ -382,6 +385,8 @@ def finalize_train_args(args: argparse.Namespace) -> None:
     if args.opt_betas is not None and len(args.opt_betas) != 2:
         raise ConfigError(f'--opt-betas expects 2 values, got {len(args.opt_betas)}')
     _check_augmentation_args(args)
+    from .tracking import check_tracking_args
+    check_tracking_args(args)
 
 
 # Interpolations timm understands; Pillow's geometric ops (RandAugment's rotate/shear/translate, which timm hands the

@@ -99,6 +99,7 @@ def train_one_epoch(
         recovery_interval: int = 0,
         save_recovery: Callable[[int, int, dict[str, float]], None] | None = None,
         carried: dict[str, float] | None = None,
+        tracker: Any = None,
 ) -> EpochResult:
     """Train over ``loader`` (the epoch's batches from ``start_batch`` on) and return its statistics.
 
@@ -108,6 +109,7 @@ def train_one_epoch(
     ``save_recovery(batch_in_epoch, num_updates, totals)`` is called on every process every ``recovery_interval``
     updates with the epoch's totals so far (all processes summed: ``loss_sum``, ``num_samples``, ``failed_images``);
     passing them back as ``carried`` after a mid-epoch resume makes the epoch's statistics those of the whole epoch.
+    ``tracker`` (a :class:`robustcnn.tracking.Tracker`) gets the progress line's numbers at step ``num_updates``.
     """
     model.train()
     device = runtime.device
@@ -221,6 +223,11 @@ def train_one_epoch(
                     epoch, batch_index + 1, num_batches, 100.0 * (batch_index + 1) / num_batches, detached.item(),
                     loss_sum.item() / max(samples_seen, 1), optimizer.param_groups[0]['lr'], rate,
                     data_seconds / max(batch_index + 1 - start_batch, 1), format_duration(remaining))
+                if tracker is not None:
+                    tracker.log_scalars({
+                        'train/loss': detached.item(), 'train/lr': optimizer.param_groups[0]['lr'],
+                        'train/images_per_second': rate,
+                        'train/data_seconds': data_seconds / max(batch_index + 1 - start_batch, 1)}, step=num_updates)
                 interval_samples, interval_time = 0, now
             if save_recovery is not None and recovery_interval and num_updates % recovery_interval == 0 \
                     and batch_index + 1 < num_batches:

@@ -31,6 +31,7 @@ from ..config import args_to_yaml, effective_learning_rate, resolve_device_defau
 from ..data.folder import ClassFolderDataset, scan_class_folders
 from ..data.loader import build_eval_loader
 from ..data.train_data import build_train_loader, build_train_transform, check_split_folder, resolve_class_names
+from ..tracking import NullTracker, Tracker, build_tracker
 from .checkpointing import CheckpointSaver, ResumePoint, capture_rng_state, find_resume_checkpoint, \
     restore_training_state
 from .runtime import AMP_DTYPES, Runtime, init_runtime
@@ -170,6 +171,7 @@ class _Trainer:
     def __init__(self, args: argparse.Namespace, runtime: Runtime) -> None:
         self.args = args
         self.runtime = runtime
+        self.tracker: Tracker = NullTracker()
 
     def prepare(self) -> None:
         args, runtime = self.args, self.runtime
@@ -260,6 +262,7 @@ class _Trainer:
                 source, checkpoint = str(found[0]), found[1]
         elif args.resume:
             source, checkpoint = args.resume, load_checkpoint_file(args.resume)
+        resumed = checkpoint is not None
         if checkpoint is not None:
             self.resume = restore_training_state(
                 checkpoint, source, model, model_name=args.model, class_names=self.class_names,
@@ -291,6 +294,10 @@ class _Trainer:
                 _logger.info('removed %s, left by an interrupted write', path.name)
             atomic_write_text(args_to_yaml(args), self.run_dir / 'args.yaml')
             self.summary_rows = _read_summary_rows(self.run_dir / 'summary.csv', self.resume.epoch)
+        # steps are updates: a resumed run keeps the points up to its checkpoint's and replaces the ones after it
+        self.tracker = build_tracker(args, self.run_dir, is_main=runtime.is_main, config=vars(args),
+                                     purge_step=self.resume.num_updates + 1 if resumed else 0, resume=resumed,
+                                     default_name=self.run_dir.name)
 
     def metadata(self) -> dict[str, Any]:
         """What validate.py needs to use the weights without the training command: labels and preprocessing."""
@@ -366,7 +373,8 @@ class _Trainer:
             accum_steps=args.grad_accum_steps, seed=args.seed, scheduler=recipe.scheduler, mixup=recipe.mixup,
             scaler=self.scaler, model_ema=self.model_ema, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
             amp_dtype=self.amp_dtype, channels_last=args.channels_last, log_interval=args.log_interval,
-            recovery_interval=args.recovery_interval, save_recovery=save_recovery, carried=carried)
+            recovery_interval=args.recovery_interval, save_recovery=save_recovery, carried=carried,
+            tracker=self.tracker)
 
     def run(self) -> TrainingOutcome:
         args, runtime, recipe = self.args, self.runtime, self.recipe
@@ -423,6 +431,12 @@ class _Trainer:
             # per-epoch schedules move to the next epoch (plateau looks at the metric)
             recipe.scheduler.step(epoch + 1, metrics[args.eval_metric])
 
+            metric = metrics[args.eval_metric]  # logged before the checkpoint: a resume from it keeps these points
+            self.tracker.log_scalars({
+                'epoch/epoch': epoch, 'epoch/train_loss': result.loss, 'epoch/lr': result.lr,
+                **{f'epoch/eval_{name}': value for name, value in metrics.items() if name != 'num_samples'},
+                f'epoch/best_{args.eval_metric}': metric if self.saver.is_better(metric) else self.saver.best_metric,
+            }, step=num_updates)
             runtime.step_done()  # XLA: every host finishes the pending graph before the main one reads weights
             if runtime.is_main:
                 self.summary_rows.append(row)
@@ -448,11 +462,12 @@ def run_training(args: argparse.Namespace, runtime: Runtime | None = None) -> Tr
             runtime = init_runtime(args.device)
         except (RuntimeError, ValueError) as error:
             raise UsageError(str(error)) from None
+    trainer = _Trainer(args, runtime)
     try:
-        trainer = _Trainer(args, runtime)
         trainer.prepare()
         return trainer.run()
     finally:
+        trainer.tracker.close()
         if own_runtime:
             runtime.close()
 

@@ -22,6 +22,7 @@ from timm.models._features import feature_take_indices
 from ..checkpoint import extract_state_dict
 from .blocks import BLOCK_TYPES, RobustResNetBlock
 from .prepacked import prepack_convolutions
+from .released import pretrained_overlay
 
 __all__ = ['RobustResNet', 'RobustResNetStage', 'checkpoint_filter_fn']
 
@@ -311,6 +312,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
 
 def _create_robust_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> RobustResNet:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    if pretrained:  # no source given: the weights `robustcnn download` cached, or a one-line error naming it
+        kwargs = pretrained_overlay(variant, kwargs)
     return build_model_with_cfg(
         RobustResNet,
         variant,
@@ -336,7 +339,8 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
     }
 
 
-# The released ImageNet-1k weights live on Google Drive (see README); load one with
+# The released ImageNet-1k weights live on Google Drive (see README and released.py): after
+# `robustcnn download NAME`, timm.create_model(NAME, pretrained=True) loads them from the cache; any other file with
 # timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH)).
 default_cfgs = generate_default_cfgs({
     'robust_resnet_dw_small.in1k': _cfg(),
