@@ -4,6 +4,7 @@
     robustcnn models [--params]        the same, optionally with parameter counts
     robustcnn convert CKPT OUT.safetensors [--use-ema]
     robustcnn demo [DEMO OPTIONS]      the synthetic shape-vs-texture demo (same as scripts/demo.py)
+    robustcnn study [STUDY OPTIONS]    a grid of models and design knobs on one benchmark (scripts/study.py)
 """
 from __future__ import annotations
 
@@ -68,11 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     converter.add_argument('--use-ema', action='store_true', help='take the EMA weights (state_dict_ema)')
     commands.add_parser('demo', add_help=False, help='train and evaluate on the synthetic robustness benchmark '
                         '(scripts/demo.py; `robustcnn demo --help` lists its options)')
+    commands.add_parser('study', add_help=False, help='compare models and design knobs over seeds on one benchmark '
+                        '(scripts/study.py; `robustcnn study --help` lists its options)')
     parser.add_argument('--params', action='store_true', help=argparse.SUPPRESS)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ['demo']:  # everything after the word is the demo's own command line
         from .synthetic.demo import main as demo_main
         return demo_main(argv[1:])
+    if argv[:1] == ['study']:  # the same for the study
+        from .study import main as study_main
+        return study_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == 'convert':
         return convert(args.checkpoint, args.output, args.use_ema)
