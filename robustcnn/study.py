@@ -379,8 +379,16 @@ def _mean_spread(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def _natural_order(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Runs by model, then kwargs with numbers compared as numbers (kernel 3 before 11), then seed."""
+    values = tuple((0, float(value), '') if isinstance(value, (int, float)) else (1, 0.0, _value_text(value))
+                   for value in record['kwargs'].values())
+    return record['model'], tuple(record['kwargs']), values, record['seed']
+
+
 def build_report(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The study payload: the runs as recorded, and per cell (model + kwargs) the mean and spread over seeds."""
+    records = sorted(records, key=_natural_order)
     columns: list[str] = []
     titles: dict[str, str] = {}
     shifts: list[str] = []
@@ -423,7 +431,8 @@ def study_markdown(report: Mapping[str, Any]) -> str:
     recipe = report.get('recipe') or {}
     lines = ['# Study: clean vs out-of-distribution accuracy', '',
              f'Top-1 accuracy in percent (corruptions: 100 - mean corruption error; shape bias: shape / (shape + '
-             f'texture) decisions), mean ± standard deviation over the seeds of each configuration. Recipe: '
+             f'texture) decisions), mean ± standard deviation over the seeds of each configuration; MACs of one image '
+             f'(convolutions and matrix products). Recipe: '
              f'{recipe.get("epochs")} epochs, batch {recipe.get("batch_size")}, lr {recipe.get("lr")}, '
              f'{recipe.get("image_size")} px, data `{recipe.get("data_dir")}`.', '']
     header = ['model', 'kwargs', 'params (M)', 'MMACs', 'seeds'] + [titles[key] for key in columns]
@@ -507,12 +516,17 @@ def write_study_figure(path: Path, report: Mapping[str, Any]) -> Path:
         clean = record['results'].get(CLEAN_KEY)
         if clean is None or not shifted:
             continue
-        label = ' '.join([record['model']] + [f'{key}={_value_text(value)}' for key, value in record['kwargs'].items()])
+        label = ' '.join([record['model']] * ('model' in knobs or not knobs) + [
+            f'{key}={_value_text(value)}' for key, value in record['kwargs'].items() if key in knobs])
         first = label not in cell_names
         if first:
             cell_names.append(label)
         axis.scatter(clean, statistics.fmean(shifted), color=colors(cell_names.index(label) % 10),
                      label=label if first else None)
+    limits = [min(axis.get_xlim()[0], axis.get_ylim()[0]), max(axis.get_xlim()[1], axis.get_ylim()[1])]
+    axis.plot(limits, limits, linestyle='--', color='grey', linewidth=1, label='out-of-distribution = clean')
+    axis.set_xlim(limits)
+    axis.set_ylim(limits)
     axis.set_xlabel(f'{titles.get(CLEAN_KEY, CLEAN_KEY)} top-1 (%)')
     axis.set_ylabel(f'mean over the {len(shifts)} shifts (%)')
     axis.set_title('clean vs out-of-distribution: one point per run')

@@ -118,16 +118,18 @@ def _record(name: str, kwargs: dict, seed: int, clean: float, sketch: float) -> 
 
 
 def test_table_gives_mean_and_spread_over_seeds():
-    records = [_record('a0', {'k': 3}, 0, 50.0, 20.0), _record('a1', {'k': 3}, 1, 70.0, 30.0),
-               _record('b0', {'k': 5}, 0, 61.0, 40.0)]
+    records = [_record('b0', {'k': 11}, 0, 61.0, 40.0), _record('a1', {'k': 3}, 1, 70.0, 30.0),
+               _record('a0', {'k': 3}, 0, 50.0, 20.0)]
     report = build_report(records)
     assert report['columns'] == [CLEAN_KEY, 'imagenet-sketch'] and report['knobs'] == ['k']
     first, second = report['cells']
+    assert [record['name'] for record in report['runs']] == ['a0', 'a1', 'b0']  # kernel 3 before 11, seed order
     assert first['seeds'] == [0, 1] and first['mean'] == {CLEAN_KEY: 60.0, 'imagenet-sketch': 25.0}
     assert math.isclose(first['std'][CLEAN_KEY], math.sqrt(((50 - 60) ** 2 + (70 - 60) ** 2) / 1))  # sample std
     assert second['std'] == {CLEAN_KEY: None, 'imagenet-sketch': None}
     rows = table_rows(study_markdown(report))
-    assert rows['k=3'][5:] == ['60.0 ± 14.1', '25.0 ± 7.1'] and rows['k=5'][5:] == ['61.0', '40.0']
+    assert list(rows) == ['k=3', 'k=11']
+    assert rows['k=3'][5:] == ['60.0 ± 14.1', '25.0 ± 7.1'] and rows['k=11'][5:] == ['61.0', '40.0']
 
 
 def test_a_knob_one_model_lacks_gives_that_model_one_reference_row():
