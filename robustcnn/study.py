@@ -17,6 +17,7 @@ a killed study started again skips the runs that have one and redoes only the un
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import logging
@@ -75,8 +76,11 @@ class Cell:
     macs: int
 
     def run_name(self, seed: int) -> str:
-        parts = [self.model] + [f'{key}={_value_text(value)}' for key, value in self.kwargs] + [f'seed{seed}']
-        return re.sub(r'[^A-Za-z0-9_.=+,-]', '_', '-'.join(parts))
+        parts = [self.model] + [f'{key}={_value_text(value)}' for key, value in self.kwargs]
+        name = re.sub(r'[^A-Za-z0-9_.=+,-]', '_', '-'.join(parts))
+        if len(name) > 180:  # file systems allow 255 bytes a name: keep a readable start and a digest of the rest
+            name = f'{name[:160]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}'
+        return f'{name}-seed{seed}'
 
 
 def _value_text(value: Any) -> str:
@@ -528,7 +532,7 @@ def write_study_figure(path: Path, report: Mapping[str, Any]) -> Path:
     axis.set_xlim(limits)
     axis.set_ylim(limits)
     axis.set_xlabel(f'{titles.get(CLEAN_KEY, CLEAN_KEY)} top-1 (%)')
-    axis.set_ylabel(f'mean over the {len(shifts)} shifts (%)')
+    axis.set_ylabel(f'mean top-1 over {len(shifts)} shift{"s" if len(shifts) != 1 else ""} (%)')
     axis.set_title('clean vs out-of-distribution: one point per run')
     axis.grid(alpha=0.3)
     if cell_names:

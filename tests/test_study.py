@@ -15,7 +15,7 @@ from PIL import Image
 
 from robustcnn.cli import UsageError
 from robustcnn.study import (CLEAN_KEY, StudyOptions, build_parser, build_report, options_from_args, parse_vary,
-                             plan_cells, run_study, study_markdown)
+                             plan_cells, run_study, study_markdown, write_study_figure)
 
 from helpers_train import REPO_ROOT, make_image_folders, subprocess_env
 
@@ -47,7 +47,7 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_two_run_grid_survives_a_kill_and_reports_the_run_folders_numbers(data_dir, tmp_path):
+def test_two_run_grid_survives_a_kill_and_reports_the_run_folders_numbers(data_dir, tmp_path, caplog):
     output = tmp_path / 'study'
     arguments = GRID + ['--data-dir', str(data_dir), '--output', str(output)]
 
@@ -94,7 +94,10 @@ def test_two_run_grid_survives_a_kill_and_reports_the_run_folders_numbers(data_d
 
     # a run whose record is lost (killed while it was being written) is redone alone; the report is rebuilt
     (second / 'run.json').unlink()
-    outcome = run_study(options_from_args(build_parser().parse_args(arguments)))
+    with caplog.at_level('INFO', logger='robustcnn.study'):
+        outcome = run_study(options_from_args(build_parser().parse_args(arguments)))
+    assert f'{RUN_NAMES[1]} was interrupted; starting it over' in caplog.text
+    assert f'{RUN_NAMES[0]} finished before; kept' in caplog.text
     assert (first / 'run.json').read_bytes() == first_record
     assert (second / 'run.json').is_file() and outcome[1] == output / 'study.json'
 
@@ -117,7 +120,7 @@ def _record(name: str, kwargs: dict, seed: int, clean: float, sketch: float) -> 
             'recipe': {'epochs': 1}}
 
 
-def test_table_gives_mean_and_spread_over_seeds():
+def test_table_gives_mean_and_spread_over_seeds(tmp_path):
     records = [_record('b0', {'k': 11}, 0, 61.0, 40.0), _record('a1', {'k': 3}, 1, 70.0, 30.0),
                _record('a0', {'k': 3}, 0, 50.0, 20.0)]
     report = build_report(records)
@@ -130,6 +133,10 @@ def test_table_gives_mean_and_spread_over_seeds():
     rows = table_rows(study_markdown(report))
     assert list(rows) == ['k=3', 'k=11']
     assert rows['k=3'][5:] == ['60.0 ± 14.1', '25.0 ± 7.1'] and rows['k=11'][5:] == ['61.0', '40.0']
+    other = dict(_record('c0', {}, 0, 40.0, 10.0), model='resnet18')  # a second model, without the knob
+    figure = write_study_figure(tmp_path / 'study.png', build_report(records + [other]))
+    with Image.open(figure) as image:
+        assert image.size[0] >= 3 * 500  # panels: model, k, and the scatter
 
 
 def test_a_knob_one_model_lacks_gives_that_model_one_reference_row():
@@ -182,3 +189,24 @@ def test_values_are_yaml_like_model_kwargs():
     assert parse_vary(['depths=[1,1,2,1],[1,1,1,1]', 'activations=all,conv1+out', 'depthwise=true,false']) == [
         ('depths', [(1, 1, 2, 1), (1, 1, 1, 1)]), ('activations', ['all', 'conv1+out']),
         ('depthwise', [True, False])]
+
+
+def test_run_names_stay_short_and_distinct():
+    from robustcnn.study import Cell
+    long = [Cell('m', (('depths', tuple([1] * 60 + [extra])),), (), 1, 1) for extra in (1, 2)]
+    names = [cell.run_name(0) for cell in long]
+    assert names[0] != names[1] and all(len(name) < 200 and name.endswith('-seed0') for name in names)
+    assert Cell('m', (('activations', 'conv1+out'), ('kernel_size', 7)), (), 1, 1).run_name(2) == \
+        'm-activations=conv1+out-kernel_size=7-seed2'
+
+
+def test_the_readme_commands_parse_and_plan():
+    """Every `python scripts/study.py` command in README.md: its flags parse and its grid builds (no training)."""
+    import shlex
+    text = (REPO_ROOT / 'README.md').read_text().replace('\\\n', ' ')
+    commands = [line.split('#')[0].strip() for line in text.splitlines() if line.startswith('python scripts/study.py')]
+    assert len(commands) >= 2
+    for command in commands:
+        options = options_from_args(build_parser().parse_args(shlex.split(command)[2:]))
+        if not options.report_only:
+            assert plan_cells(options.models, options.vary, options.img_size or 64, 10)
