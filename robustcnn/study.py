@@ -510,7 +510,7 @@ def write_study_figure(path: Path, report: Mapping[str, Any]) -> Path:
         axis.set_title(f'{knob}: mean ± std over seeds')
         axis.grid(alpha=0.3)
     if knobs:
-        axes[0][0].legend(fontsize=7, loc='lower left')
+        axes[0][0].legend(fontsize=7, loc='best', framealpha=0.8)
     axis = axes[0][-1]
     shifts = [key for key in metrics if key != CLEAN_KEY]
     cell_names: list[str] = []

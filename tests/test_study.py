@@ -79,7 +79,8 @@ def test_two_run_grid_survives_a_kill_and_reports_the_run_folders_numbers(data_d
         assert set(results) == {'imagenet', 'imagenet-sketch'}
         assert results['imagenet']['num_samples'] == 16 and results['imagenet-sketch']['num_samples'] == 12
         expected = [results['imagenet']['top1'], results['imagenet-sketch']['top1']]
-        assert [record['results']['imagenet'], record['results']['imagenet-sketch']] == pytest.approx(expected, abs=1e-4)
+        recorded = [record['results']['imagenet'], record['results']['imagenet-sketch']]
+        assert recorded == pytest.approx(expected, abs=1e-4)
         row = rows[f'kernel_size={kernel}']
         assert row[0] == '`resnet_ablation_pico`' and row[4] == '0'
         assert row[5:] == [f'{value:.1f}' for value in expected]  # one seed: a mean and no spread
