@@ -6,6 +6,7 @@
     robustcnn export CKPT DIR [--results FILE...] [--push-to-hub USER/REPO]   a folder timm / the Hub load
     robustcnn download NAME... [--url URL] [--force]   the released weights, into the cache timm then reads
     robustcnn demo [DEMO OPTIONS]      the synthetic shape-vs-texture demo (same as scripts/demo.py)
+    robustcnn study [STUDY OPTIONS]    a grid of models and design knobs on one benchmark (scripts/study.py)
 """
 from __future__ import annotations
 
@@ -114,11 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     downloader.add_argument('--quiet', action='store_true', help='no progress bar')
     commands.add_parser('demo', add_help=False, help='train and evaluate on the synthetic robustness benchmark '
                         '(scripts/demo.py; `robustcnn demo --help` lists its options)')
+    commands.add_parser('study', add_help=False, help='compare models and design knobs over seeds on one benchmark '
+                        '(scripts/study.py; `robustcnn study --help` lists its options)')
     parser.add_argument('--params', action='store_true', help=argparse.SUPPRESS)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ['demo']:  # everything after the word is the demo's own command line
         from .synthetic.demo import main as demo_main
         return demo_main(argv[1:])
+    if argv[:1] == ['study']:  # the same for the study
+        from .study import main as study_main
+        return study_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == 'convert':
         return convert(args.checkpoint, args.output, args.use_ema)

@@ -3,7 +3,8 @@
 ``ROBUSTCNN_KILL_AT="validation-batch:2"`` kills the process when it reaches that point for the 2nd time
 (counted per process); several points may be given, comma-separated. Points: ``validation-batch`` (after a batch
 of evaluation), ``file-write`` (inside an atomic write, after the data went to the temp file and before the rename
-that publishes it). ``ROBUSTCNN_KILL_AFTER_UPDATES=N`` kills right after optimizer update N counted from the start
+that publishes it), ``study-run`` (after a study run's record is written).
+``ROBUSTCNN_KILL_AFTER_UPDATES=N`` kills right after optimizer update N counted from the start
 of training (so across resumes), after any recovery checkpoint of that update was written. With ``ROBUSTCNN_KILL_RANK=R`` only the process of that torchrun ``RANK`` is killed. Unset,
 :func:`kill_point` costs one dictionary lookup.
 """
