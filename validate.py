@@ -20,7 +20,7 @@ from robustcnn.cli import OneLineErrorParser, UsageError, run_cli, setup_logging
 from robustcnn.config import INTERPOLATIONS
 from robustcnn.data.transforms import RESIZE_MODES
 from robustcnn.engine.runtime import AMP_DTYPES, init_runtime
-from robustcnn.report import results_to_markdown
+from robustcnn.report import check_output_file, results_to_markdown
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     request = request_from_args(args)
     if args.figure and not args.figure.lower().endswith('.png'):
         raise UsageError(f'--figure must end in .png, got {args.figure}')
+    for flag, path in (('--results-file', args.results_file), ('--figure', args.figure),
+                       ('--partial-results', args.partial_results)):
+        if path:  # before any work: a finished evaluation must have somewhere to go
+            check_output_file(path, flag)
     try:
         runtime = init_runtime(args.device)
     except (RuntimeError, ValueError) as error:

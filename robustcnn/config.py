@@ -211,6 +211,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                        help='run folder name under --output (default: date-model-size)')
     group.add_argument('--resume', default='', metavar='PATH|auto',
                        help='checkpoint to continue from; "auto": the newest valid one in the run folder')
+    group.add_argument('--fresh', action='store_true', default=False,
+                       help='start a new run even though the run folder holds one: the old run is moved to '
+                            'NAME.old-TIMESTAMP beside it (never deleted)')
     group.add_argument('--no-resume-opt', action='store_true', default=False,
                        help='with --resume, keep the weights and the position but start a fresh optimizer, '
                             'schedule and grad-scaler state (e.g. after changing --lr or --opt)')
@@ -375,6 +378,11 @@ def finalize_train_args(args: argparse.Namespace) -> None:
         raise ConfigError(f'mixup/cutmix need an even --batch-size, got {args.batch_size}')
     if args.resume == 'auto' and not args.experiment:
         raise ConfigError('--resume auto needs --experiment NAME to find the run folder')
+    if args.fresh and args.resume:
+        raise ConfigError('--fresh starts over and --resume continues: give one of them')
+    if args.experiment:
+        from .run_folder import check_experiment_path
+        check_experiment_path(args.output, args.experiment)
     for flag, path in (('--resume', args.resume if args.resume != 'auto' else ''),
                        ('--initial-checkpoint', args.initial_checkpoint)):
         if path and not os.path.isfile(path):  # checked now, not after the data scan and model build

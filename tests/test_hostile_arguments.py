@@ -27,6 +27,7 @@ def files(tmp_path_factory):
     torch.save({'state_dict': torch.load(other, weights_only=True), 'epoch': 0, 'step': 4, 'optimizer': {},
                 'metadata': {'model': 'robust_resnet_inverted_dw_nano'}}, root / 'other_training.pth')
     (root / 'garbage.pth').write_bytes(b'\x00garbage')
+    (root / 'figure.png').mkdir()
     return root, data
 
 
@@ -54,6 +55,14 @@ TRAIN_CASES = {
     'negative color jitter': (['--aa', 'none', '--color-jitter', '-1'], '--color-jitter must be 0 or more'),
     'one channel input': (['--input-size', '1', '32', '32'], 'C must be 3'),
     'seed too large': (['--seed', '99999999999999'], '--seed must be at most'),
+    # run folders outside --output, or that cannot be folders
+    'experiment escapes output': (['--experiment', '../../escaped'], 'without ".." components'),
+    'experiment is the parent': (['--experiment', '..'], 'without ".." components'),
+    'experiment is absolute': (['--experiment', '{root}/absolute'], 'is an absolute path'),
+    'experiment name too long': (['--experiment', 'x' * 300], 'is 300 bytes long'),
+    'experiment is a file': (['--output', '{root}', '--experiment', 'garbage.pth'], 'garbage.pth is a file'),
+    'experiment under a file': (['--output', '{root}', '--experiment', 'garbage.pth/run'], 'which is a file'),
+    'fresh and resume': (['--fresh', '--resume', 'auto'], '--fresh starts over and --resume continues'),
 }
 
 VALIDATE_CASES = {
@@ -68,6 +77,13 @@ VALIDATE_CASES = {
                                '{root}/other_architecture.pth'], 'apple'),
     'unknown interpolation': (['{data}/val', '--dataset', 'folder', '--interpolation', 'lanczos3'],
                               '--interpolation must be one of'),
+    # output paths that could not be written after the whole evaluation: refused before it
+    'results file is a folder': (['{data}/val', '--dataset', 'folder', '--results-file', '{root}'], 'is a folder'),
+    'figure is a folder': (['{data}/val', '--dataset', 'folder', '--figure', '{root}/figure.png'], 'is a folder'),
+    'results file under a file': (['{data}/val', '--dataset', 'folder', '--results-file', '{root}/garbage.pth/r.json'],
+                                  'garbage.pth, which is a file'),
+    'partial results under a file': (['{data}/val', '--dataset', 'folder', '--partial-results',
+                                      '{root}/garbage.pth/p.json'], 'which is a file'),
 }
 
 
@@ -92,7 +108,8 @@ def test_train_rejects_hostile_arguments_in_one_line(files, case, capsys, tmp_pa
             '--experiment', 'x', '--epochs', '1', '--img-size', '32']
     argv += [item.format(root=root, data=data) for item in extra]
     _assert_rejected_in_one_line(train.main, argv, 'train.py', expected, capsys)
-    assert not (tmp_path / 'out' / 'x' / 'last.pth.tar').exists()
+    assert not (tmp_path / 'out' / 'x').exists(), 'a failed start leaves no run folder'
+    assert not (tmp_path / 'escaped').exists() and not (Path(root) / 'absolute').exists()
 
 
 @pytest.mark.parametrize('case', VALIDATE_CASES)
@@ -101,7 +118,9 @@ def test_validate_rejects_hostile_arguments_in_one_line(files, case, capsys, tmp
     root, data = files
     arguments, expected = VALIDATE_CASES[case]
     argv = [item.format(root=root, data=data) for item in arguments]
-    argv += ['--model', 'robust_resnet_dw_nano', '--workers', '0', '--results-file', str(tmp_path / 'r.json')]
+    argv += ['--model', 'robust_resnet_dw_nano', '--workers', '0']
+    if '--results-file' not in argv:
+        argv += ['--results-file', str(tmp_path / 'r.json')]
     if '--checkpoint' not in argv:
         argv += ['--checkpoint', str(Path(root) / 'other_architecture.pth')]
     _assert_rejected_in_one_line(validate.main, argv, 'validate.py', expected, capsys)

@@ -28,6 +28,7 @@ from .. import __version__
 from ..checkpoint import CheckpointError, atomic_write_text, load_checkpoint_file, load_model_weights
 from ..cli import UsageError, setup_logging
 from ..config import args_to_yaml, effective_learning_rate, resolve_device_defaults, total_batch_size
+from ..run_folder import RunFolderClaim, claim_run_folder, set_aside
 from ..data.train_data import (
     build_eval_loader, build_train_loader, build_train_transform, check_split_folder, resolve_class_names,
 )
@@ -147,13 +148,49 @@ def _plain(value: Any) -> Any:
 _DROP = object()
 
 
+def _continues_in(args: argparse.Namespace, run_dir: Path) -> bool:
+    """Whether this start continues the run in ``run_dir`` (so may write over its files)."""
+    if args.resume == 'auto':
+        return True
+    if not args.resume:
+        return False
+    return Path(args.resume).resolve().parent == run_dir.resolve()
+
+
+def _check_same_geometry(checkpoint: Any, args: argparse.Namespace, source: str) -> None:
+    """A resume with another per-device batch or input size: refused mid-epoch (the position counts batches of
+    the old size, so samples would be skipped or repeated), a warning at an epoch boundary."""
+    saved = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict):
+        return
+    mid_epoch = not checkpoint.get('epoch_complete', True)
+    for flag, name in (('-b/--batch-size', 'batch_size'), ('--img-size', 'img_size')):
+        before, now = saved.get(name), getattr(args, name, None)
+        if before is None or now is None or before == now:
+            continue
+        if mid_epoch and name == 'batch_size':
+            raise UsageError(f'{source} stopped inside an epoch with {flag} {before}; resuming it with {now} would '
+                             f'skip or repeat samples: resume with {flag} {before}')
+        _logger.warning('resuming %s, trained with %s %s, with %s %s: the run continues with the new value',
+                        source, flag, before, flag, now)
+
+
 def _read_summary_rows(path: Path, before_epoch: int) -> list[dict[str, str]]:
-    """Rows of an existing summary.csv for epochs already done (a resumed run rewrites the ones it redoes)."""
+    """Rows of an existing summary.csv for epochs already done (a resumed run rewrites the ones it redoes).
+
+    A damaged file is moved aside (never blocks a resume, never lost) and the table restarts from the resumed
+    epoch on."""
     if not path.is_file():
         return []
-    with path.open(newline='') as file:
-        return [row for row in csv.DictReader(file) if row.get('epoch', '').isdigit() and int(row['epoch']) <
-                before_epoch]
+    try:
+        with path.open(newline='', encoding='utf-8') as file:
+            return [row for row in csv.DictReader(file) if str(row.get('epoch') or '').isdigit()
+                    and int(row['epoch']) < before_epoch]
+    except (UnicodeDecodeError, csv.Error) as error:
+        kept = set_aside(path, 'damaged')
+        _logger.warning('%s is unreadable (%s); kept as %s, the new one starts at the resumed epoch', path.name,
+                        error, kept.name)
+        return []
 
 
 def _write_summary(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -170,6 +207,7 @@ class _Trainer:
     def __init__(self, args: argparse.Namespace, runtime: Runtime) -> None:
         self.args = args
         self.runtime = runtime
+        self.claim: RunFolderClaim | None = None
 
     def prepare(self) -> None:
         args, runtime = self.args, self.runtime
@@ -185,12 +223,15 @@ class _Trainer:
                              f'folders in {self.train_folder}')
         self.num_classes = num_classes
 
-        # 2. run folder and log file (main process only writes)
+        # 2. run folder and log file (main process only writes): locked, and an older run in it is never overwritten
         self.run_dir = run_folder(args)
         if runtime.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.claim = claim_run_folder(self.run_dir, continuing=_continues_in(args, self.run_dir),
+                                          fresh=args.fresh)
         setup_logging(runtime.is_main, self.run_dir / 'train.log' if runtime.is_main else None)
         _logger.info('run folder %s; %s', self.run_dir, runtime.describe())
+        if self.claim is not None and self.claim.previous_run is not None:
+            _logger.info('--fresh: moved the previous run to %s', self.claim.previous_run)
 
         # 3. model (same initial weights on every process: seeded identically)
         torch.manual_seed(args.seed)
@@ -245,15 +286,26 @@ class _Trainer:
         # 6. resume
         self.resume = ResumePoint()
         checkpoint, source = None, ''
+        fell_back = False
         if args.resume == 'auto':
             found = find_resume_checkpoint(self.run_dir)
             if found is None:
                 _logger.info('--resume auto: no checkpoint in %s yet, starting a fresh run', self.run_dir)
             else:
-                source, checkpoint = str(found[0]), found[1]
+                source, checkpoint = str(found.path), found.checkpoint
+                _logger.info('--resume auto: continuing from %s, the newest checkpoint that verifies', found.path.name)
+                fell_back = bool(found.skipped)
+                for path, reason in found.skipped:
+                    # moved aside, not left to be overwritten or pruned: a person may still recover something
+                    kept = set_aside(path, 'damaged') if runtime.is_main else path
+                    _logger.warning('--resume auto: skipped %s (%s); kept as %s', path.name, reason, kept.name)
+                if fell_back:
+                    _logger.warning('--resume auto fell back past damaged files: no checkpoint-N is pruned in this '
+                                    'run')
         elif args.resume:
             source, checkpoint = args.resume, load_checkpoint_file(args.resume)
         if checkpoint is not None:
+            _check_same_geometry(checkpoint, args, source)
             self.resume = restore_training_state(
                 checkpoint, source, model, model_name=args.model, class_names=self.class_names,
                 optimizer=self.recipe.optimizer, scheduler=self.recipe.scheduler, scaler=self.scaler,
@@ -277,6 +329,7 @@ class _Trainer:
         self.saver = CheckpointSaver(self.run_dir, metric_name=args.eval_metric,
                                      checkpoint_interval=args.checkpoint_interval, max_history=args.checkpoint_hist)
         self.saver.best_metric, self.saver.best_epoch = self.resume.best_metric, self.resume.best_epoch
+        self.saver.prune_history = not fell_back
         self.summary_columns = SUMMARY_COLUMNS + (EMA_COLUMNS if self.model_ema is not None else [])
         self.summary_rows: list[dict[str, Any]] = []
         if runtime.is_main:
@@ -441,11 +494,18 @@ def run_training(args: argparse.Namespace, runtime: Runtime | None = None) -> Tr
             runtime = init_runtime(args.device)
         except (RuntimeError, ValueError) as error:
             raise UsageError(str(error)) from None
+    trainer = _Trainer(args, runtime)
     try:
-        trainer = _Trainer(args, runtime)
-        trainer.prepare()
+        try:
+            trainer.prepare()
+        except BaseException:
+            if trainer.claim is not None:
+                trainer.claim.abandon()  # nothing was trained: leave no empty run folder behind
+            raise
         return trainer.run()
     finally:
+        if trainer.claim is not None:
+            trainer.claim.release()
         if own_runtime:
             runtime.close()
 
