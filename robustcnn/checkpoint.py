@@ -10,6 +10,7 @@ import argparse
 import errno
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -20,12 +21,13 @@ from typing import Any, Mapping
 import torch
 
 from .faults import kill_point
+from .limits import CROP_PCT_RANGE, MAX_IMAGE_SIDE, MAX_MODEL_ARGUMENT, MAX_NUM_CLASSES
 
 __all__ = [
     'CheckpointError', 'load_checkpoint_file', 'extract_state_dict', 'clean_state_dict', 'load_model_weights',
     'atomic_save', 'atomic_write_bytes', 'atomic_write_text', 'save_safetensors', 'checkpoint_model_kwargs',
     'portable_metadata', 'SAFETENSORS_METADATA_KEY', 'raised_by_interrupt', 'CHECKSUM_KEY', 'content_checksum',
-    'with_checksum',
+    'with_checksum', 'check_checkpoint_metadata',
 ]
 
 # Where a .safetensors file written by ``robustcnn convert`` keeps the training metadata (model, model_kwargs,
@@ -66,7 +68,9 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
             metadata = json.loads(header[SAFETENSORS_METADATA_KEY])
         except ValueError:
             raise CheckpointError(f'{path}: its {SAFETENSORS_METADATA_KEY} header is not valid JSON') from None
-        return {'state_dict': tensors, 'metadata': metadata}  # the training checkpoint's shape
+        checkpoint = {'state_dict': tensors, 'metadata': metadata}  # the training checkpoint's shape
+        check_checkpoint_metadata(checkpoint, path)
+        return checkpoint
     try:
         # argparse.Namespace is what timm/DeiT training scripts store under 'args'; it is plain data.
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -86,7 +90,110 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
         raise CheckpointError(f'cannot read checkpoint {path}: {error} (the file may be truncated or corrupt)') from None
     if isinstance(checkpoint, Mapping) and CHECKSUM_KEY in checkpoint:
         _verify_checksum(checkpoint, path)
+    check_checkpoint_metadata(checkpoint, path)
     return checkpoint
+
+
+# Constructor arguments that make timm open or download another file (timm.create_model's own, and any *_path /
+# *_file / *_url / *_dir): a downloaded checkpoint must not choose what else gets read.
+_FILE_ARGUMENTS = frozenset({'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir',
+                             'pretrained_strict', 'file', 'url', 'hf_hub_id'})
+_FILE_ARGUMENT_ENDINGS = ('_path', '_file', '_url', '_dir')
+
+
+def check_checkpoint_metadata(checkpoint: Any, source: str | os.PathLike) -> None:
+    """Validate what a checkpoint says about itself before anything uses it: typed values, bounded sizes, no file
+    names; raise :class:`CheckpointError` naming the field. Checkpoints are untrusted input (downloads, copies)."""
+    if not isinstance(checkpoint, Mapping):
+        return
+    problem = _metadata_problem(checkpoint)
+    if problem is not None:
+        raise CheckpointError(f'{source}: {problem}; the file was altered or not written by this project (re-save '
+                              f'it from a trusted source)')
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _model_kwargs_problem(kwargs: Any, field: str) -> str | None:
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, Mapping):
+        return f'{field} is a {type(kwargs).__name__}, not a mapping of argument names to values'
+    for key, value in kwargs.items():
+        if not isinstance(key, str):
+            return f'{field} has the non-text key {key!r}'
+        if key.lower() in _FILE_ARGUMENTS or key.lower().endswith(_FILE_ARGUMENT_ENDINGS):
+            return f'{field}.{key} would make timm read or download another file, which a checkpoint may not ask'
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if isinstance(item, bool) or item is None:
+                continue
+            if isinstance(item, int) and not -MAX_MODEL_ARGUMENT <= item <= MAX_MODEL_ARGUMENT:
+                return f'{field}.{key} is {item}, outside +-{MAX_MODEL_ARGUMENT}'
+            if isinstance(item, float) and not math.isfinite(item):
+                return f'{field}.{key} is {item}'
+            if isinstance(item, str) and len(item) > 200:
+                return f'{field}.{key} is a {len(item)}-character text'
+            if not isinstance(item, (int, float, str)):
+                return f'{field}.{key} holds a {type(item).__name__}, not a number, switch or text'
+    return None
+
+
+def _metadata_problem(checkpoint: Mapping[str, Any]) -> str | None:
+    """The first thing wrong with the checkpoint's ``metadata`` / ``args``, as ``field: problem``, or None."""
+    args = checkpoint.get('args')
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    if isinstance(args, Mapping):
+        problem = _model_kwargs_problem(args.get('model_kwargs'), 'args.model_kwargs')
+        if problem:
+            return problem
+    metadata = checkpoint.get('metadata')
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        return f'metadata is a {type(metadata).__name__}, not a mapping'
+    model = metadata.get('model')
+    if model is not None and not (isinstance(model, str) and 0 < len(model) <= 200):
+        return f'metadata.model is {str(model)[:60]!r}, not a model name'
+    problem = _model_kwargs_problem(metadata.get('model_kwargs'), 'metadata.model_kwargs')
+    if problem:
+        return problem
+    checks = {
+        'num_classes': (lambda value: _is_int(value, 1, MAX_NUM_CLASSES), f'an integer in 1..{MAX_NUM_CLASSES}'),
+        'img_size': (lambda value: _is_int(value, 1, MAX_IMAGE_SIDE), f'an integer in 1..{MAX_IMAGE_SIDE}'),
+        'input_size': (lambda value: isinstance(value, (list, tuple)) and len(value) == 3 and value[0] in (1, 3)
+                       and all(_is_int(side, 1, MAX_IMAGE_SIDE) for side in value),
+                       f'[channels, height, width] with sides in 1..{MAX_IMAGE_SIDE}'),
+        'crop_pct': (lambda value: _is_real(value) and CROP_PCT_RANGE[0] <= value <= CROP_PCT_RANGE[1],
+                     f'a number in {CROP_PCT_RANGE[0]}..{CROP_PCT_RANGE[1]}'),
+        'interpolation': (lambda value: isinstance(value, str) and value in _interpolations(),
+                          f'one of {", ".join(_interpolations())}'),
+        'mean': (lambda value: isinstance(value, (list, tuple)) and len(value) in (1, 3)
+                 and all(_is_real(item) for item in value), '1 or 3 finite numbers'),
+        'std': (lambda value: isinstance(value, (list, tuple)) and len(value) in (1, 3)
+                and all(_is_real(item) and item > 0 for item in value), '1 or 3 positive numbers'),
+        'class_names': (lambda value: isinstance(value, (list, tuple)) and 0 < len(value) <= MAX_NUM_CLASSES
+                        and all(isinstance(name, str) and 0 < len(name) <= 1000 for name in value)
+                        and len(set(value)) == len(value), 'a list of distinct class names'),
+    }
+    for field, (valid, expected) in checks.items():
+        value = metadata.get(field)
+        if value is not None and not valid(value):
+            shown = repr(value) if len(repr(value)) <= 60 else f'{repr(value)[:57]}...'
+            return f'metadata.{field} is {shown}, expected {expected}'
+    return None
+
+
+def _interpolations() -> tuple[str, ...]:
+    from .config import INTERPOLATIONS  # here, not at the top: config imports cli, which imports this module
+    return INTERPOLATIONS
 
 
 def content_checksum(checkpoint: Mapping[str, Any]) -> str:

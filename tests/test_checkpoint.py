@@ -2,6 +2,7 @@
 import errno
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -290,3 +291,41 @@ def test_atomically_written_files_get_the_umask_permissions(tmp_path, umask):
     finally:
         os.umask(previous)
     assert written.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize('metadata,field', [
+    ({'model_kwargs': {'checkpoint_path': '/elsewhere/weights.pth'}}, 'metadata.model_kwargs.checkpoint_path would make'),
+    ({'model_kwargs': {'pretrained_cfg_overlay': {'file': 'x.pth'}}}, 'metadata.model_kwargs.pretrained_cfg_overlay'),
+    ({'model_kwargs': {'dims': [64, 10 ** 9]}}, 'metadata.model_kwargs.dims is 1000000000'),
+    ({'input_size': [3, 60000, 60000]}, 'metadata.input_size is [3, 60000, 60000]'),
+    ({'crop_pct': 1e-4}, 'metadata.crop_pct is 0.0001'),
+    ({'num_classes': 10 ** 9}, 'metadata.num_classes is 1000000000'),
+    ({'num_classes': '10'}, "metadata.num_classes is '10'"),
+    ({'mean': ['red', 0.5, 0.5]}, 'metadata.mean'),
+    ({'std': [0.2, 0.0, 0.2]}, 'metadata.std'),
+    ({'interpolation': 'sinc'}, "metadata.interpolation is 'sinc'"),
+    ({'class_names': ['ant', 'ant']}, 'metadata.class_names'),
+    ({'model': 7}, 'metadata.model is'),
+])
+def test_untrusted_safetensors_metadata_is_checked_field_by_field(tmp_path, metadata, field):
+    import json
+
+    path = tmp_path / 'weights.safetensors'
+    save_safetensors({'w': torch.ones(2)}, path, metadata={ckpt.SAFETENSORS_METADATA_KEY: json.dumps(metadata)})
+    with pytest.raises(CheckpointError, match=rf'weights.safetensors: {re.escape(field)}.*altered or not written by'):
+        load_checkpoint_file(path)
+
+
+def test_model_kwargs_in_timm_style_args_may_not_name_files(tmp_path):
+    import argparse
+
+    path = tmp_path / 'timm_style.pth.tar'
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'args': argparse.Namespace(model_kwargs={'checkpoint_path': 'x'})},
+               path)
+    with pytest.raises(CheckpointError, match='args.model_kwargs.checkpoint_path would make timm read'):
+        load_checkpoint_file(path)
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'args': {'model_kwargs': {'drop_path_rate': 0.1, 'dims': [8]}},
+                'metadata': {'model': 'robust_resnet_dw_pico', 'input_size': [3, 32, 32], 'crop_pct': 0.875,
+                             'interpolation': 'bicubic', 'mean': [0.5] * 3, 'std': [0.25] * 3, 'num_classes': 3,
+                             'class_names': ['a', 'b', 'c']}}, path)
+    assert load_checkpoint_file(path)['metadata']['num_classes'] == 3

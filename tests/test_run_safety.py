@@ -177,3 +177,26 @@ def test_validate_keeps_a_finished_evaluation_when_its_results_file_cannot_be_wr
                        str(target)])
     [saved] = work.glob('out.unsaved-*.json')
     assert json.loads(saved.read_text())['results']['imagenet']['num_samples'] == 2
+
+
+@pytest.mark.parametrize('counts,problem', [
+    ({'correct': 90, 'scored': 40, 'skipped': 0}, 'more correct (90) than scored (40)'),
+    ({'correct': -5, 'scored': 40, 'skipped': 0}, 'not whole numbers >= 0'),
+    ({'correct': 1.5, 'scored': 40, 'skipped': 0}, 'not whole numbers >= 0'),
+    ({'correct': 1}, 'lacks correct/scored/skipped'),
+])
+def test_a_tampered_imagenet_c_resume_file_is_ignored_not_scored(tmp_path, counts, problem, caplog):
+    """A resume file claiming more correct than scored images gave a mean corruption error of -207."""
+    import json
+
+    from robustcnn.benchmarks.runner import _load_partial
+
+    identity = {'model': 'robust_resnet_dw_pico', 'checkpoint': 'pico.pth'}
+    path = tmp_path / 'r.imagenet-c.partial.json'
+    good = {'correct': 3, 'scored': 4, 'skipped': 1}
+    path.write_text(json.dumps({'identity': identity, 'folders': {'fog/1': good}}))
+    assert _load_partial(path, identity) == {'fog/1': good}
+    path.write_text(json.dumps({'identity': identity, 'folders': {'fog/1': good, 'fog/2': counts}}))
+    with caplog.at_level('WARNING'):
+        assert _load_partial(path, identity) == {}
+    assert problem in caplog.text and 'starting over' in caplog.text

@@ -273,7 +273,26 @@ def _load_partial(path: Path | None, identity: Mapping[str, Any]) -> dict[str, d
                         'starting over', path)
         return {}
     folders = saved.get('folders', {})
+    problem = _partial_counts_problem(folders)
+    if problem:
+        _logger.warning('ignoring ImageNet-C partial results %s (%s: altered or damaged); starting over', path,
+                        problem)
+        return {}
     return {name: {key: int(value) for key, value in counts.items()} for name, counts in folders.items()}
+
+
+def _partial_counts_problem(folders: Any) -> str | None:
+    """What is wrong with a resume file's folder counts (a tampered one gave a mean error of -207), or None."""
+    if not isinstance(folders, Mapping):
+        return 'folders is not a mapping'
+    for name, counts in folders.items():
+        if not isinstance(counts, Mapping) or set(counts) != {'correct', 'scored', 'skipped'}:
+            return f'folder {name!r} lacks correct/scored/skipped counts'
+        if not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in counts.values()):
+            return f'folder {name!r} has counts that are not whole numbers >= 0'
+        if counts['correct'] > counts['scored']:
+            return f'folder {name!r} has more correct ({counts["correct"]}) than scored ({counts["scored"]}) images'
+    return None
 
 
 def _write_partial(path: Path, identity: Mapping[str, Any], folders: Mapping[str, Mapping[str, int]]) -> None:
