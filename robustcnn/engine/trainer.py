@@ -86,6 +86,13 @@ def build_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
     except TypeError as error:
         raise UsageError(f'--model {args.model} does not accept these arguments ({error}); check --model-kwargs') \
             from None
+    except (ValueError, ZeroDivisionError, AssertionError, RuntimeError) as error:
+        # patch_size=0, kernel_size=-3 fail inside the layers; --pretrained on a model timm has no weights for
+        reason = ' '.join(str(error).split()) or type(error).__name__
+        if args.pretrained and 'pretrained' in reason.lower():
+            raise UsageError(f'--pretrained: {reason}; drop --pretrained or pick a model with weights') from None
+        raise UsageError(f'cannot build --model {args.model} with --model-kwargs {kwargs} ({reason}); check the '
+                         f'values') from None
     if args.initial_checkpoint:
         load_model_weights(model, args.initial_checkpoint)
     return model
@@ -212,6 +219,9 @@ class _Trainer:
     def prepare(self) -> None:
         args, runtime = self.args, self.runtime
         resolve_device_defaults(args, runtime.kind)
+        if args.torchcompile and args.torchcompile not in torch._dynamo.list_backends(exclude_tags=()):
+            raise UsageError(f'--torchcompile {args.torchcompile}: not a torch.compile backend; choose from '
+                             f'{", ".join(torch._dynamo.list_backends())}')
         # 1. data folders: a bad path is a one-line error before anything expensive
         self.train_folder = check_split_folder(args.data_dir, args.train_split, '--train-split')
         self.val_folder = check_split_folder(args.data_dir, args.val_split, '--val-split')

@@ -133,6 +133,11 @@ class RobustResNet(nn.Module):
             stride_block = 'last' if block_type == 'down_inverted_dw' else 'first'
         if stride_block not in ('first', 'last'):
             raise ValueError(f"stride_block must be 'first' or 'last', not {stride_block!r}")
+        for name, value in (('patch_size', patch_size), ('kernel_size', kernel_size), ('mlp_ratio', mlp_ratio)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f'{name} must be a positive number, got {value!r}')  # 0 built empty layers
+        if any(depth < 0 for depth in depths) or any(dim < 1 for dim in dims) or any(s < 1 for s in stage_strides):
+            raise ValueError(f'depths must be >= 0, dims and stage_strides >= 1; got {depths}, {dims}, {stage_strides}')
         total_stride = patch_size
         for stride in stage_strides:
             total_stride *= stride
@@ -181,7 +186,7 @@ class RobustResNet(nn.Module):
 
         # No norm before the head: the released model pools the last block's output directly.
         self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.head_hidden_size = self.head.num_features
+        self.head_hidden_size = self._pooled_width()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -236,8 +241,12 @@ class RobustResNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the classifier (0 removes it); ``global_pool`` None keeps the current pooling."""
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, in_features=self.num_features, **get_device_dtype(self))
-        self.head_hidden_size = self.head.num_features
+        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
+        self.head_hidden_size = self._pooled_width()
+
+    def _pooled_width(self) -> int:
+        # the head's own num_features (and reset's in_features) only exist from timm 1.0.31; setup.py allows 1.0.29
+        return self.head.in_features * self.head.global_pool.feat_mult()
 
     def forward_intermediates(
             self,
