@@ -200,3 +200,32 @@ def test_a_tampered_imagenet_c_resume_file_is_ignored_not_scored(tmp_path, count
     with caplog.at_level('WARNING'):
         assert _load_partial(path, identity) == {}
     assert problem in caplog.text and 'starting over' in caplog.text
+
+
+def test_a_non_finite_validation_metric_never_becomes_the_best(tmp_path):
+    """Every validation image undecodable gives top1 NaN: it must not be saved as a best that nothing can beat."""
+    from robustcnn.engine.checkpointing import BEST_NAME, CheckpointSaver
+
+    saver = CheckpointSaver(tmp_path, metric_name='top1', checkpoint_interval=100)
+    state = {'state_dict': {'w': torch.ones(1)}, 'epoch': 0}
+    assert not saver.save_epoch(dict(state), 0, float('nan'))
+    assert saver.best_metric is None and not (tmp_path / BEST_NAME).exists()
+    assert saver.save_epoch(dict(state, epoch=1), 1, 12.5)
+    assert saver.best_metric == 12.5 and load_checkpoint_file(tmp_path / BEST_NAME)['epoch'] == 1
+
+
+def test_resuming_with_another_batch_size_is_refused_mid_epoch_and_warned_at_a_boundary(dataset, tmp_path, capfd):
+    from robustcnn.checkpoint import with_checksum
+
+    train_in_process(_flags(dataset, tmp_path, 'sizes', 1))
+    run_dir = tmp_path / 'sizes'
+    capfd.readouterr()
+    train_in_process(_flags(dataset, tmp_path, 'sizes', 2) + ['--resume', 'auto', '--batch-size', '4'])
+    assert 'trained with -b/--batch-size 8, with -b/--batch-size 4' in capfd.readouterr().err
+    # a recovery point inside epoch 2 of that resumed run: its position counts batches of 4
+    inside = dict(torch.load(run_dir / 'last.pth.tar', weights_only=True), epoch=2, epoch_complete=False,
+                  batch_in_epoch=1)
+    torch.save(with_checksum(inside), run_dir / 'recovery-2-1.pth.tar')
+    with pytest.raises(UsageError, match=r'recovery-2-1.pth.tar stopped inside an epoch with -b/--batch-size 4; '
+                                         r'resuming it with 8 would skip or repeat samples'):
+        train_in_process(_flags(dataset, tmp_path, 'sizes', 3) + ['--resume', 'auto'])

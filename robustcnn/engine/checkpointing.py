@@ -14,6 +14,7 @@ loads with ``torch.load(weights_only=True)``, and carries a SHA-256 of its conte
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -101,6 +102,11 @@ class CheckpointSaver:
         Order matters for a kill in between: ``last.pth.tar`` is written last, so until it exists a resume redoes
         this epoch and rewrites the others.
         """
+        if metric is not None and not math.isfinite(metric):
+            # e.g. every validation image undecodable: NaN would become a best that no later epoch can beat
+            _logger.warning('epoch %d: validation %s is %s; this epoch cannot be the best', epoch, self.metric_name,
+                            metric)
+            metric = None
         is_best = metric is not None and self.is_better(metric)
         if is_best:
             self.best_metric, self.best_epoch = metric, epoch
