@@ -30,7 +30,7 @@ class LabelSpaceError(ValueError):
 def _timm_info_lines(file_name: str) -> list[str]:
     data = pkgutil.get_data('timm.data', f'_info/{file_name}')
     if data is None:
-        raise FileNotFoundError(f'timm does not ship _info/{file_name}; upgrade timm (>=1.0.20)')
+        raise FileNotFoundError(f'timm does not ship _info/{file_name}; upgrade timm (>=1.0.31)')
     return [line.strip() for line in data.decode('utf-8').splitlines() if line.strip()]
 
 

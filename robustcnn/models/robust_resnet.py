@@ -186,7 +186,7 @@ class RobustResNet(nn.Module):
 
         # No norm before the head: the released model pools the last block's output directly.
         self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.head_hidden_size = self._pooled_width()
+        self.head_hidden_size = self.head.num_features
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -241,12 +241,8 @@ class RobustResNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the classifier (0 removes it); ``global_pool`` None keeps the current pooling."""
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
-        self.head_hidden_size = self._pooled_width()
-
-    def _pooled_width(self) -> int:
-        # the head's own num_features (and reset's in_features) only exist from timm 1.0.31; setup.py allows 1.0.29
-        return self.head.in_features * self.head.global_pool.feat_mult()
+        self.head.reset(num_classes, global_pool, in_features=self.num_features, **get_device_dtype(self))
+        self.head_hidden_size = self.head.num_features
 
     def forward_intermediates(
             self,
