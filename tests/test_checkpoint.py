@@ -294,7 +294,8 @@ def test_atomically_written_files_get_the_umask_permissions(tmp_path, umask):
 
 
 @pytest.mark.parametrize('metadata,field', [
-    ({'model_kwargs': {'checkpoint_path': '/elsewhere/weights.pth'}}, 'metadata.model_kwargs.checkpoint_path would make'),
+    ({'model_kwargs': {'checkpoint_path': '/elsewhere/weights.pth'}},
+     'metadata.model_kwargs.checkpoint_path would make'),
     ({'model_kwargs': {'pretrained_cfg_overlay': {'file': 'x.pth'}}}, 'metadata.model_kwargs.pretrained_cfg_overlay'),
     ({'model_kwargs': {'dims': [64, 10 ** 9]}}, 'metadata.model_kwargs.dims is 1000000000'),
     ({'input_size': [3, 60000, 60000]}, 'metadata.input_size is [3, 60000, 60000]'),
