@@ -13,7 +13,9 @@ VERSION = re.search(r"__version__ = '([^']+)'", (HERE / 'robustcnn' / 'version.p
 INSTALL_REQUIRES = [
     'torch>=2.4',
     'torchvision>=0.19',
-    'timm>=1.0.20,<1.1',
+    # 1.0.31: ClassifierHead.num_features (1.0.29-1.0.30 lack it; 1.0.28 also get_device_dtype), and a
+    # RepeatAugSampler that gives datasets under 256 images samples at all (1.0.30's gives none)
+    'timm>=1.0.31,<1.1',
     'numpy>=1.24',
     'pyyaml>=6.0',
     'pillow>=10.0',

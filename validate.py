@@ -17,10 +17,10 @@ from typing import Sequence
 from robustcnn.benchmarks import BENCHMARKS, SUITE_ORDER
 from robustcnn.benchmarks.runner import ValidationRequest, run_validation
 from robustcnn.cli import OneLineErrorParser, UsageError, run_cli, setup_logging
-from robustcnn.config import INTERPOLATIONS
+from robustcnn.config import INTERPOLATIONS, check_normalization
 from robustcnn.data.transforms import RESIZE_MODES
 from robustcnn.engine.runtime import AMP_DTYPES, init_runtime
-from robustcnn.report import results_to_markdown
+from robustcnn.report import check_output_file, results_to_markdown
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,8 +130,7 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
         raise UsageError(f'--interpolation must be one of {", ".join(INTERPOLATIONS)}, got {args.interpolation!r}')
     if args.input_size is not None and args.input_size[0] != 3:
         raise UsageError(f'--input-size C H W: C must be 3 (images are read as RGB), got {args.input_size[0]}')
-    if args.crop_pct is not None and not 0 < args.crop_pct <= 10:
-        raise UsageError(f'--crop-pct must be in (0, 10], got {args.crop_pct}')
+    check_normalization(args.mean, args.std, args.crop_pct)
     for flag in ('img_size', 'num_classes'):
         value = getattr(args, flag)
         if value is not None and value <= 0:
@@ -158,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f'--figure must end in .png, got {args.figure}')
     from robustcnn.tracking import check_tracking_args
     check_tracking_args(args)
+    for flag, path in (('--results-file', args.results_file), ('--figure', args.figure),
+                       ('--partial-results', args.partial_results)):
+        if path:  # before any work: a finished evaluation must have somewhere to go
+            check_output_file(path, flag)
     try:
         runtime = init_runtime(args.device)
     except (RuntimeError, ValueError) as error:

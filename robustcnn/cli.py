@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
 from typing import Callable, NoReturn, Sequence
 
 from .checkpoint import CheckpointError, raised_by_interrupt
+from .data.label_space import LabelSpaceError
 
 __all__ = ['UsageError', 'USER_ERRORS', 'OneLineErrorParser', 'run_cli', 'setup_logging']
 
@@ -27,7 +30,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 # Errors that mean "the user gave us something wrong", reported without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, CheckpointError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, CheckpointError, LabelSpaceError, FileNotFoundError,
+                                                NotADirectoryError)
 
 
 def setup_logging(is_main: bool = True, log_file: str | os.PathLike | None = None) -> None:
@@ -46,11 +50,22 @@ def setup_logging(is_main: bool = True, log_file: str | os.PathLike | None = Non
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
             prog: str | None = None) -> NoReturn:
-    """Run ``main(argv)`` and exit: 0 on success, 2 with one line for a user error, 130 on Ctrl-C.
+    """Run ``main(argv)`` and exit: 0 on success, 2 with one line for a user error, 130 on Ctrl-C, 1 with one line
+    for a full or read-only disk.
 
     Set ``ROBUSTCNN_TRACEBACK=1`` to see the full traceback of a user error.
     """
     prog = prog or os.path.basename(sys.argv[0])
+    interrupts: list[int] = []
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        interrupts.append(signum)
+        raise KeyboardInterrupt  # what Python's own handler does; the record is what this adds
+
+    try:  # only the main thread may install handlers
+        previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    except ValueError:
+        previous_handler = None
     try:
         code = main(argv)
     except USER_ERRORS as error:
@@ -66,9 +81,16 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     except Exception as error:  # after BrokenPipeError, which is an Exception too
-        # Ctrl-C also reaches the DataLoader workers, whose death the loader then reports as its own RuntimeError
-        if raised_by_interrupt(error):
+        # Ctrl-C also reaches the DataLoader workers, whose death the loader then reports as its own error, at
+        # times after a library swallowed the main process's KeyboardInterrupt: any failure after Ctrl-C is it
+        if interrupts or raised_by_interrupt(error):
             print(f'{prog}: interrupted', file=sys.stderr)
             sys.exit(130)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            print(f'{prog}: error: {error.strerror or error}', file=sys.stderr)
+            sys.exit(1)
         raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
     sys.exit(int(code or 0))

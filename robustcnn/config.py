@@ -12,16 +12,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
 from .cli import OneLineErrorParser, UsageError
+from .limits import CROP_PCT_RANGE
 
 __all__ = [
     'INTERPOLATIONS', 'ConfigError', 'build_train_parser', 'parse_train_args', 'load_yaml_config',
-    'apply_yaml_defaults', 'args_to_yaml', 'effective_learning_rate', 'total_batch_size', 'resolve_device_defaults',
+    'apply_yaml_defaults', 'args_to_yaml', 'check_normalization', 'effective_learning_rate', 'total_batch_size',
+    'resolve_device_defaults',
 ]
 
 DEFAULT_AUTO_AUGMENT = 'rand-m9-mstd0.5-inc1'
@@ -40,7 +43,10 @@ class KeyValueAction(argparse.Action):
             if '=' not in item:
                 raise argparse.ArgumentError(self, f'expected KEY=VALUE, got {item!r}')
             key, value = item.split('=', 1)
-            result[key.strip()] = yaml.safe_load(value)
+            try:
+                result[key.strip()] = yaml.safe_load(value)
+            except yaml.YAMLError as error:  # e.g. a !!python tag: plain values only
+                raise argparse.ArgumentError(self, f'{item!r} is not a plain value ({" ".join(str(error).split())})')
         setattr(namespace, self.dest, result)
 
 
@@ -211,6 +217,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                        help='run folder name under --output (default: date-model-size)')
     group.add_argument('--resume', default='', metavar='PATH|auto',
                        help='checkpoint to continue from; "auto": the newest valid one in the run folder')
+    group.add_argument('--fresh', action='store_true', default=False,
+                       help='start a new run even though the run folder holds one: the old run is moved to '
+                            'NAME.old-TIMESTAMP beside it (never deleted)')
     group.add_argument('--no-resume-opt', action='store_true', default=False,
                        help='with --resume, keep the weights and the position but start a fresh optimizer, '
                             'schedule and grad-scaler state (e.g. after changing --lr or --opt)')
@@ -319,12 +328,33 @@ def _convert_value(key: str, action: argparse.Action, value: Any) -> Any:
     return _convert_scalar(key, action, value)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word; in a recipe that hides a typo or a stale value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f'key {key!r} appears twice', key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f'config file not found: {path}')
     try:
-        content = yaml.safe_load(path.read_text(encoding='utf-8'))
+        text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as error:
+        raise ConfigError(f'config file {path} is not UTF-8 text ({error.reason} at byte {error.start})') from None
+    try:
+        content = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:
         raise ConfigError(f'config file {path} is not valid YAML: {" ".join(str(error).split())}') from None
     if content is None:
@@ -378,6 +408,11 @@ def finalize_train_args(args: argparse.Namespace) -> None:
         raise ConfigError(f'mixup/cutmix need an even --batch-size, got {args.batch_size}')
     if args.resume == 'auto' and not args.experiment:
         raise ConfigError('--resume auto needs --experiment NAME to find the run folder')
+    if args.fresh and args.resume:
+        raise ConfigError('--fresh starts over and --resume continues: give one of them')
+    if args.experiment:
+        from .run_folder import check_experiment_path
+        check_experiment_path(args.output, args.experiment)
     for flag, path in (('--resume', args.resume if args.resume != 'auto' else ''),
                        ('--initial-checkpoint', args.initial_checkpoint)):
         if path and not os.path.isfile(path):  # checked now, not after the data scan and model build
@@ -417,7 +452,12 @@ def _check_augmentation_args(args: argparse.Namespace) -> None:
         raise ConfigError(f'--color-jitter must be 0 or more, got {args.color_jitter}')
     if args.input_size is not None and args.input_size[0] != 3:
         raise ConfigError(f'--input-size C H W: C must be 3 (images are read as RGB), got {args.input_size[0]}')
+    _check_normalization_args(args)
+    if args.cutmix_minmax is not None and not 0 < args.cutmix_minmax[0] <= args.cutmix_minmax[1] <= 1:
+        raise ConfigError(f'--cutmix-minmax takes two box-size fractions with 0 < min <= max <= 1, got '
+                          f'{args.cutmix_minmax[0]} {args.cutmix_minmax[1]}')
     if args.aa:
+        _check_policy_sections(args.aa)
         from .data.train_data import build_train_transform
         try:  # timm parses the policy string when the transform is built: build one now for a one-line error
             build_train_transform(args, {'input_size': (3, 32, 32), 'interpolation': 'bicubic',
@@ -427,6 +467,37 @@ def _check_augmentation_args(args: argparse.Namespace) -> None:
                               f'e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0, original, or none') from None
     if args.seed > _MAX_SEED:
         raise ConfigError(f'--seed must be at most {_MAX_SEED}, got {args.seed}')
+
+
+def check_normalization(mean: Sequence[float] | None, std: Sequence[float] | None,
+                        crop_pct: float | None) -> None:
+    """--mean/--std/--crop-pct (train.py and validate.py): finite, a positive std, a crop fraction in range; 1 or 3
+    values. Raises ConfigError; ``--std 0 0 0`` divided by zero at the first batch, ``--crop-pct 0`` was taken."""
+    for flag, values in (('--mean', mean), ('--std', std)):
+        if values is None:
+            continue
+        if len(values) not in (1, 3):
+            raise ConfigError(f'{flag} takes 1 or 3 values (one per RGB channel), got {len(values)}')
+        if not all(math.isfinite(value) for value in values) or (flag == '--std' and min(values) <= 0):
+            kind = 'positive' if flag == '--std' else 'finite'
+            raise ConfigError(f'{flag} values must be {kind} numbers, got {" ".join(map(str, values))}')
+    low, high = CROP_PCT_RANGE
+    if crop_pct is not None and not (math.isfinite(crop_pct) and low <= crop_pct <= high):
+        raise ConfigError(f'--crop-pct must be between {low} and {high} (the fraction of the resized image the center '
+                          f'crop keeps), got {crop_pct}')
+
+
+def _check_normalization_args(args: argparse.Namespace) -> None:
+    check_normalization(args.mean, args.std, args.crop_pct)
+
+
+def _check_policy_sections(policy: str) -> None:
+    """timm skips a policy section it cannot parse (``rand-zz-garbage`` trains as plain ``rand``): every section
+    after the policy name must be a known key with a number (m9, mstd0.5, inc1, n2, w4, d2, p0.5...)."""
+    for section in policy.split('-')[1:]:
+        if not re.fullmatch(r'[a-z]+\d+(\.\d+)?', section):
+            raise ConfigError(f'--aa {policy!r}: section {section!r} is not KEY+NUMBER, so timm would ignore it; '
+                              f'e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2')
 
 
 def args_to_yaml(args: argparse.Namespace) -> str:

@@ -18,14 +18,18 @@ import io
 import json
 import math
 import os
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from .checkpoint import atomic_write_bytes
+from .cli import UsageError
 
-__all__ = ['RESULT_SUFFIXES', 'README_SETS', 'readme_columns', 'check_results_path', 'write_results',
-           'results_to_json', 'results_to_csv', 'results_to_markdown', 'readme_row', 'write_figure', 'round_floats',
-           'format_cell']
+__all__ = ['RESULT_SUFFIXES', 'README_SETS', 'readme_columns', 'check_results_path', 'check_output_file',
+           'write_results', 'results_to_json', 'results_to_csv', 'results_to_markdown', 'readme_row', 'write_figure',
+           'round_floats', 'format_cell']
 
 RESULT_SUFFIXES = ('.json', '.csv', '.md')
 # How many of the suite's sets (in suite order) the README's robustness table has; the rest follow in reports.
@@ -60,6 +64,44 @@ def check_results_path(path: str | os.PathLike) -> Path:
     if path.suffix.lower() not in RESULT_SUFFIXES:
         raise ValueError(f'--results-file must end in {", ".join(RESULT_SUFFIXES)}, got {path.name}')
     return path
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Fail before any evaluation on an output file that cannot be written: a folder, a path under a file, or a
+    folder this process may not write in (read-only disk, permissions). Missing parent folders are made later."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f'{flag} {path} is a folder; give a file name (e.g. {path / "results.json"})')
+    for ancestor in path.parents:
+        if not (ancestor.exists() or ancestor.is_symlink()):
+            continue
+        if not ancestor.is_dir():
+            raise UsageError(f'{flag} {path} is under {ancestor}, which is a file; choose another path')
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise UsageError(f'{flag} {path}: this process cannot write in {ancestor} (read-only or no permission); '
+                             f'choose another path')
+        break
+    return path
+
+
+def _write_or_fall_back(data: bytes, path: Path) -> Path:
+    """Write ``data`` to ``path``; if that fails at the end of a finished evaluation, keep it in the working folder
+    (else the temp folder) and say where, instead of losing hours of work with a traceback."""
+    try:
+        return atomic_write_bytes(data, path)
+    except OSError as error:
+        name = f'{path.stem}.unsaved-{time.strftime("%Y%m%d-%H%M%S")}{path.suffix}'
+        for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+            try:
+                fallback = atomic_write_bytes(data, folder / name)
+            except OSError:
+                continue
+            raise UsageError(f'{error}; the results were saved to {fallback.resolve()} instead') from None
+        if path.suffix.lower() == '.png':
+            raise UsageError(f'{error}; nor in {Path.cwd()} or {tempfile.gettempdir()}') from None
+        sys.stdout.write(data.decode('utf-8'))  # the last place left: the terminal
+        raise UsageError(f'{error}; nor in {Path.cwd()} or {tempfile.gettempdir()}: the results were printed '
+                         f'above') from None
 
 
 def round_floats(value: Any, digits: int = 4) -> Any:
@@ -155,7 +197,7 @@ def write_results(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
         text = results_to_csv(payload)
     else:
         text = results_to_markdown(payload)
-    return atomic_write_text(text, path)
+    return _write_or_fall_back(text.encode('utf-8'), path)
 
 
 def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
@@ -208,7 +250,7 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png', dpi=110)
     plt.close(figure)
-    return atomic_write_bytes(buffer.getvalue(), check_png_path(path))
+    return _write_or_fall_back(buffer.getvalue(), check_png_path(path))
 
 
 def check_png_path(path: str | os.PathLike) -> Path:

@@ -2,6 +2,7 @@
 import errno
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ import torch
 import robustcnn  # noqa: F401
 from robustcnn import checkpoint as ckpt
 from robustcnn.checkpoint import (
-    CheckpointError, atomic_save, extract_state_dict, load_checkpoint_file, load_model_weights, save_safetensors,
+    CheckpointError, atomic_save, atomic_write_text, extract_state_dict, load_checkpoint_file, load_model_weights,
+    save_safetensors, with_checksum,
 )
 
 
@@ -36,7 +38,8 @@ def test_malicious_pickle_runs_nothing_and_says_why(tmp_path):
     pickle.loads(probe.read_bytes())
     assert (tmp_path / 'probe_marker').exists()
 
-    with pytest.raises(CheckpointError, match='not a plain weights file'):
+    with pytest.raises(CheckpointError, match=r'blocked by weights-only loading \(safety\): loading it would call '
+                                              r'(builtins|io)\.open'):
         load_checkpoint_file(evil)
     assert not marker.exists()
     # timm's pretrained-file path refuses it too (weights_only), and nothing is created
@@ -223,3 +226,107 @@ def test_converted_training_checkpoint_keeps_what_validate_needs(tmp_path):
         results[weights.suffix] = (payload['model'], entry)
     assert results['.safetensors'] == results['.tar']
     assert results['.tar'][1]['num_samples'] == 6 and results['.tar'][1]['preprocessing']['input_size'] == [3, 32, 32]
+
+
+class _RunsShellCommand:
+    def __reduce__(self):
+        return os.system, ('echo pwned',)
+
+
+def test_a_blocked_os_call_is_named_as_blocked_for_safety_not_as_corrupt(tmp_path):
+    """torch 2.15 words a blocked module differently ('unsupported GLOBAL posix.system whose module posix is
+    blocked'); the message must still say it was refused for safety and name the call."""
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'payload': _RunsShellCommand()}, path)
+    with pytest.raises(CheckpointError, match=r'blocked by weights-only loading \(safety\): loading it would call '
+                                              r'(posix|os)\.system'):
+        load_checkpoint_file(path)
+
+
+def test_a_flipped_bit_in_tensor_data_is_detected_on_load(tmp_path):
+    weights = torch.full((64,), 1.5)  # 0x3FC00000: a byte pattern found once in the file
+    path = tmp_path / 'last.pth.tar'
+    torch.save(with_checksum({'state_dict': {'w': weights}, 'epoch': 3, 'args': {'lr': 0.1}}), path)
+    assert torch.equal(load_checkpoint_file(path)['state_dict']['w'], weights)
+    data = bytearray(path.read_bytes())
+    offset = data.find(weights.numpy().tobytes())
+    assert offset >= 0
+    data[offset + 4 * 10 + 3] ^= 0x40  # weight 10 becomes 1.5 * 2**-128: torch.load alone accepts it
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)['state_dict']['w'][10].item() != 1.5
+    with pytest.raises(CheckpointError, match='last.pth.tar is damaged: its contents do not match the checksum'):
+        load_checkpoint_file(path)
+    # a changed plain value is caught too, and files without a checksum (older runs, other tools) still load
+    torch.save({**with_checksum({'state_dict': {'w': weights}, 'epoch': 3}), 'epoch': 4}, path)
+    with pytest.raises(CheckpointError, match='is damaged'):
+        load_checkpoint_file(path)
+    torch.save({'state_dict': {'w': weights}, 'epoch': 3}, path)
+    assert load_checkpoint_file(path)['epoch'] == 3
+
+
+def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    """torch.save reports ENOSPC as '[enforce fail at inline_container.cc:671] unexpected pos'; say what it is."""
+    path = tmp_path / 'last.pth.tar'
+
+    def full(obj, file):
+        file.write(b'x' * 10)
+        raise RuntimeError('[enforce fail at inline_container.cc:671] . unexpected pos 832 vs 746')
+
+    class NoRoom:
+        f_bavail, f_frsize = 3, 4096
+
+    monkeypatch.setattr(ckpt.torch, 'save', full)
+    monkeypatch.setattr(ckpt.os, 'statvfs', lambda directory: NoRoom())
+    with pytest.raises(OSError, match=r'could not write .*last.pth.tar \(No space left on device\); no file was '
+                                      r'written') as raised:
+        atomic_save({'epoch': 1}, path)
+    assert raised.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o002, 0o077])
+def test_atomically_written_files_get_the_umask_permissions(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        written = atomic_write_text('x', tmp_path / f'results-{umask:o}.json')
+    finally:
+        os.umask(previous)
+    assert written.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize('metadata,field', [
+    ({'model_kwargs': {'checkpoint_path': '/elsewhere/weights.pth'}},
+     'metadata.model_kwargs.checkpoint_path would make'),
+    ({'model_kwargs': {'pretrained_cfg_overlay': {'file': 'x.pth'}}}, 'metadata.model_kwargs.pretrained_cfg_overlay'),
+    ({'model_kwargs': {'dims': [64, 10 ** 9]}}, 'metadata.model_kwargs.dims is 1000000000'),
+    ({'input_size': [3, 60000, 60000]}, 'metadata.input_size is [3, 60000, 60000]'),
+    ({'crop_pct': 1e-4}, 'metadata.crop_pct is 0.0001'),
+    ({'num_classes': 10 ** 9}, 'metadata.num_classes is 1000000000'),
+    ({'num_classes': '10'}, "metadata.num_classes is '10'"),
+    ({'mean': ['red', 0.5, 0.5]}, 'metadata.mean'),
+    ({'std': [0.2, 0.0, 0.2]}, 'metadata.std'),
+    ({'interpolation': 'sinc'}, "metadata.interpolation is 'sinc'"),
+    ({'class_names': ['ant', 'ant']}, 'metadata.class_names'),
+    ({'model': 7}, 'metadata.model is'),
+])
+def test_untrusted_safetensors_metadata_is_checked_field_by_field(tmp_path, metadata, field):
+    import json
+
+    path = tmp_path / 'weights.safetensors'
+    save_safetensors({'w': torch.ones(2)}, path, metadata={ckpt.SAFETENSORS_METADATA_KEY: json.dumps(metadata)})
+    with pytest.raises(CheckpointError, match=rf'weights.safetensors: {re.escape(field)}.*altered or not written by'):
+        load_checkpoint_file(path)
+
+
+def test_model_kwargs_in_timm_style_args_may_not_name_files(tmp_path):
+    import argparse
+
+    path = tmp_path / 'timm_style.pth.tar'
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'args': argparse.Namespace(model_kwargs={'checkpoint_path': 'x'})},
+               path)
+    with pytest.raises(CheckpointError, match='args.model_kwargs.checkpoint_path would make timm read'):
+        load_checkpoint_file(path)
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'args': {'model_kwargs': {'drop_path_rate': 0.1, 'dims': [8]}},
+                'metadata': {'model': 'robust_resnet_dw_pico', 'input_size': [3, 32, 32], 'crop_pct': 0.875,
+                             'interpolation': 'bicubic', 'mean': [0.5] * 3, 'std': [0.25] * 3, 'num_classes': 3,
+                             'class_names': ['a', 'b', 'c']}}, path)
+    assert load_checkpoint_file(path)['metadata']['num_classes'] == 3

@@ -1,6 +1,7 @@
 """Reading class-folder trees: labels from folder names, and hostile image files handled without crashing."""
 import io
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -150,3 +151,71 @@ def test_labels_come_from_folder_names_not_enumeration(tmp_path):
 def test_unknown_decode_mode_rejected():
     with pytest.raises(ValueError, match="'skip' or 'replace'"):
         ClassFolderDataset([], on_decode_error='retry')
+
+
+def _colour_tree(root, names=('ant', 'bee')):
+    for index, name in enumerate(names):
+        _save(Image.new('RGB', (8, 8), (index * 100, 0, 0)), root / name / 'a.png')
+        _save(Image.new('RGB', (8, 8), (index * 100, 50, 0)), root / name / 'b.png')
+    return {name: index for index, name in enumerate(names)}
+
+
+def test_folder_links_inside_class_folders_neither_duplicate_mislabel_nor_hang(tmp_path, caplog):
+    """class/loop -> . used to repeat its images ~41 times, ant/up -> .. read bee's images as ant, and two self-loops
+    in one folder hung the scan: links to folders inside a class folder are not followed (a warning says so)."""
+    root = tmp_path / 'data'
+    classes = _colour_tree(root)
+    (root / 'ant' / 'loop').symlink_to('.')
+    (root / 'ant' / 'up').symlink_to('..')
+    (root / 'bee' / 'self1').symlink_to('self2')
+    (root / 'bee' / 'self2').symlink_to('self1')
+    (root / 'bee' / 'nested').mkdir()
+    (root / 'bee' / 'nested' / 'again').symlink_to('../..')
+    with caplog.at_level(logging.WARNING):
+        samples = scan_class_folders(root, classes)
+    assert samples == [(str(root / 'ant' / 'a.png'), 0), (str(root / 'ant' / 'b.png'), 0),
+                       (str(root / 'bee' / 'a.png'), 1), (str(root / 'bee' / 'b.png'), 1)]
+    assert 'not following 3 folder link(s)' in caplog.text
+
+
+def test_a_class_folder_linking_to_the_tree_itself_is_refused(tmp_path):
+    from robustcnn.data.folder import list_class_folders
+
+    root = tmp_path / 'data'
+    _colour_tree(root)
+    (root / 'everything').symlink_to('.')
+    with pytest.raises(ValueError, match=r'class folder .*everything links to .*which is the dataset folder'):
+        list_class_folders(root)
+    (root / 'everything').unlink()
+    (root / 'copy_of_ant').symlink_to(root / 'ant')
+    with pytest.raises(ValueError, match='copy_of_ant links to'):
+        list_class_folders(root)
+    (root / 'copy_of_ant').unlink()
+    elsewhere = tmp_path / 'other_dataset' / 'cat'
+    _save(Image.new('RGB', (8, 8)), elsewhere / 'c.png')
+    (root / 'cat').symlink_to(elsewhere)  # trees assembled from another dataset's folders still work
+    assert list_class_folders(root) == ['ant', 'bee', 'cat']
+
+
+def test_a_fifo_named_like_an_image_is_skipped_and_counted_not_waited_on(tmp_path):
+    root = tmp_path / 'data'
+    classes = _colour_tree(root, names=('ant',))
+    os.mkfifo(root / 'ant' / 'pipe.jpg')
+    dataset = ClassFolderDataset(scan_class_folders(root, classes), transform=F.pil_to_tensor)
+    assert [os.path.basename(path) for path, _ in dataset.samples] == ['a.png', 'b.png', 'pipe.jpg']
+    batch = collate_eval_batch([dataset[index] for index in range(len(dataset))])
+    assert batch.num_failed == 1 and batch.images.shape[0] == 2
+    with pytest.raises(ImageDecodeError, match='not a regular file'):
+        load_rgb_image(root / 'ant' / 'pipe.jpg')
+
+
+def test_an_image_whose_resize_would_exhaust_memory_is_skipped_before_decoding(tmp_path):
+    """A 5,000,000 x 1 PNG is ~5 KB and under PIL's pixel limit; resizing its short side to 256 px asked for ~19 GB."""
+    from robustcnn.data.folder import PIXEL_BUDGET
+
+    strip = _save(Image.new('L', (5_000_000, 1)), tmp_path / 'strip.png')
+    assert 5_000_000 < Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageDecodeError, match=rf'5000000x1 pixels exceed the pixel budget of {PIXEL_BUDGET}'):
+        load_rgb_image(strip)
+    wide = _save(Image.new('RGB', (1200, 100)), tmp_path / 'panorama.png')  # 12:1 is still an image
+    assert load_rgb_image(wide).size == (1200, 100)

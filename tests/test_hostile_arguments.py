@@ -27,6 +27,23 @@ def files(tmp_path_factory):
     torch.save({'state_dict': torch.load(other, weights_only=True), 'epoch': 0, 'step': 4, 'optimizer': {},
                 'metadata': {'model': 'robust_resnet_inverted_dw_nano'}}, root / 'other_training.pth')
     (root / 'garbage.pth').write_bytes(b'\x00garbage')
+    (root / 'figure.png').mkdir()
+    (root / 'latin1.yaml').write_bytes('epochs: 1 # r\xe9sum\xe9\n'.encode('latin-1'))
+    (root / 'duplicate.yaml').write_text('epochs: 1\nlr: 0.1\nepochs: 2\n')
+    torch.save({'state_dict': timm.create_model('robust_resnet_dw_nano', num_classes=4).state_dict(),
+                'metadata': {'model': 'robust_resnet_dw_nano', 'class_names': ['apple', 'grass', 'sea', 'sun'],
+                             'num_classes': 4}}, root / 'with_classes.pth')
+    class_maps = {
+        'bad.json': '{"apple": 0,', 'text_index.json': '{"apple": "zero", "grass": 1}',
+        'fraction.json': '{"apple": 1.7, "grass": 0}', 'repeated_index.json': '{"apple": 0, "grass": 0}',
+        'gap.json': '{"apple": 0, "grass": 2}', 'negative.json': '{"apple": -1, "grass": 0}',
+        'repeated_key.json': '{"apple": 0, "apple": 1}', 'repeated_name.txt': 'apple\ngrass\napple\n',
+        'empty.txt': '\n', 'string.json': '"apple"', 'negative.txt': 'apple -1\ngrass 0\n',
+        'reordered.txt': 'sun\nsea\ngrass\napple\n',
+    }
+    for name, text in class_maps.items():
+        (root / name).write_text(text)
+    (root / 'latin1.txt').write_bytes('apple\ncaf\xe9\n'.encode('latin-1'))
     return root, data
 
 
@@ -54,6 +71,29 @@ TRAIN_CASES = {
     'negative color jitter': (['--aa', 'none', '--color-jitter', '-1'], '--color-jitter must be 0 or more'),
     'one channel input': (['--input-size', '1', '32', '32'], 'C must be 3'),
     'seed too large': (['--seed', '99999999999999'], '--seed must be at most'),
+    # run folders outside --output, or that cannot be folders
+    'experiment escapes output': (['--experiment', '../../escaped'], 'without ".." components'),
+    'experiment is the parent': (['--experiment', '..'], 'without ".." components'),
+    'experiment is absolute': (['--experiment', '{root}/absolute'], 'is an absolute path'),
+    'experiment name too long': (['--experiment', 'x' * 300], 'is 300 bytes long'),
+    'experiment is a file': (['--output', '{root}', '--experiment', 'garbage.pth'], 'garbage.pth is a file'),
+    'experiment under a file': (['--output', '{root}', '--experiment', 'garbage.pth/run'], 'which is a file'),
+    'fresh and resume': (['--fresh', '--resume', 'auto'], '--fresh starts over and --resume continues'),
+    # values that used to end in a traceback, at the first batch or inside timm
+    'zero patch size': (['--model-kwargs', 'patch_size=0'], 'patch_size must be a positive number, got 0'),
+    'negative kernel size': (['--model-kwargs', 'kernel_size=-3'], 'kernel_size must be a positive number'),
+    'python tag in model kwargs': (['--model-kwargs', 'x=!!python/object/apply:os.system [echo]'],
+                                   'is not a plain value'),
+    'zero std': (['--std', '0', '0', '0'], '--std values must be positive numbers'),
+    'negative crop pct': (['--crop-pct', '-1'], '--crop-pct must be between 0.05 and 2.0'),
+    'reversed cutmix minmax': (['--cutmix-minmax', '0.9', '0.1'], '--cutmix-minmax takes two box-size fractions'),
+    'unknown compile backend': (['--torchcompile', 'nosuchbackend'], 'not a torch.compile backend'),
+    'pretrained without weights': (['--pretrained'], '--pretrained: No pretrained weights exist'),
+    'config not utf-8': (['--config', '{root}/latin1.yaml'], 'is not UTF-8 text'),
+    # values that used to be accepted without a word
+    'zero crop pct': (['--crop-pct', '0'], '--crop-pct must be between'),
+    'garbage policy sections': (['--aa', 'rand-zz-garbage'], "section 'zz' is not KEY+NUMBER"),
+    'duplicate yaml key': (['--config', '{root}/duplicate.yaml'], "key 'epochs' appears twice"),
 }
 
 VALIDATE_CASES = {
@@ -68,6 +108,28 @@ VALIDATE_CASES = {
                                '{root}/other_architecture.pth'], 'apple'),
     'unknown interpolation': (['{data}/val', '--dataset', 'folder', '--interpolation', 'lanczos3'],
                               '--interpolation must be one of'),
+    # output paths that could not be written after the whole evaluation: refused before it
+    'results file is a folder': (['{data}/val', '--dataset', 'folder', '--results-file', '{root}'], 'is a folder'),
+    'figure is a folder': (['{data}/val', '--dataset', 'folder', '--figure', '{root}/figure.png'], 'is a folder'),
+    'results file under a file': (['{data}/val', '--dataset', 'folder', '--results-file', '{root}/garbage.pth/r.json'],
+                                  'garbage.pth, which is a file'),
+    'partial results under a file': (['{data}/val', '--dataset', 'folder', '--partial-results',
+                                      '{root}/garbage.pth/p.json'], 'which is a file'),
+    'zero std': (['{data}/val', '--dataset', 'folder', '--std', '0', '0', '0'], '--std values must be positive'),
+    'tiny crop pct': (['{data}/val', '--dataset', 'folder', '--crop-pct', '1e-4'], '--crop-pct must be between'),
+    # class maps: every malformed kind is one line naming the problem (they were tracebacks or silently misread)
+    **{f'class map {name}': (['{data}/val', '--dataset', 'folder', '--class-map', '{root}/' + name], expected)
+       for name, expected in {
+           'bad.json': 'is not valid JSON', 'text_index.json': "the index of class 'apple' is 'zero'",
+           'fraction.json': "the index of class 'apple' is 1.7, not a whole number",
+           'repeated_index.json': 'without gaps or repeats', 'gap.json': 'without gaps or repeats',
+           'negative.json': 'without gaps or repeats', 'negative.txt': 'without gaps or repeats',
+           'repeated_key.json': "class 'apple' appears twice", 'repeated_name.txt': "class 'apple' appears twice",
+           'latin1.txt': 'is not UTF-8 text', 'empty.txt': 'lists no classes', 'string.json': 'got a str',
+       }.items()},
+    'class map contradicts checkpoint': (['{data}/val', '--dataset', 'folder', '--class-map', '{root}/reordered.txt',
+                                          '--checkpoint', '{root}/with_classes.pth'],
+                                         'differs from the 4 classes the checkpoint was trained with'),
 }
 
 
@@ -92,7 +154,8 @@ def test_train_rejects_hostile_arguments_in_one_line(files, case, capsys, tmp_pa
             '--experiment', 'x', '--epochs', '1', '--img-size', '32']
     argv += [item.format(root=root, data=data) for item in extra]
     _assert_rejected_in_one_line(train.main, argv, 'train.py', expected, capsys)
-    assert not (tmp_path / 'out' / 'x' / 'last.pth.tar').exists()
+    assert not (tmp_path / 'out' / 'x').exists(), 'a failed start leaves no run folder'
+    assert not (tmp_path / 'escaped').exists() and not (Path(root) / 'absolute').exists()
 
 
 @pytest.mark.parametrize('case', VALIDATE_CASES)
@@ -101,7 +164,9 @@ def test_validate_rejects_hostile_arguments_in_one_line(files, case, capsys, tmp
     root, data = files
     arguments, expected = VALIDATE_CASES[case]
     argv = [item.format(root=root, data=data) for item in arguments]
-    argv += ['--model', 'robust_resnet_dw_nano', '--workers', '0', '--results-file', str(tmp_path / 'r.json')]
+    argv += ['--model', 'robust_resnet_dw_nano', '--workers', '0']
+    if '--results-file' not in argv:
+        argv += ['--results-file', str(tmp_path / 'r.json')]
     if '--checkpoint' not in argv:
         argv += ['--checkpoint', str(Path(root) / 'other_architecture.pth')]
     _assert_rejected_in_one_line(validate.main, argv, 'validate.py', expected, capsys)
@@ -155,3 +220,35 @@ def test_a_closed_output_pipe_is_a_quiet_exit_not_an_error(monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(reader_went_away, [], prog='validate.py')
     assert exit_info.value.code == 0
+
+
+def test_ctrl_c_that_a_library_swallowed_still_exits_as_interrupted(capsys):
+    """Ctrl-C reaches the loader workers too; when the main process's KeyboardInterrupt is lost inside a library and
+    the dead workers surface later as a plain error, the run still ends as interrupted: exit 130, no traceback."""
+    import os
+    import signal
+
+    def swallowed(argv):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # a library's over-broad handler
+        raise AttributeError("'NoneType' object has no attribute 'put'")  # not raised while handling it
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(swallowed, [], prog='validate.py')
+    assert exit_info.value.code == 130 and capsys.readouterr().err.strip() == 'validate.py: interrupted'
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(capsys):
+    import errno
+
+    def disk_full(argv):
+        raise OSError(errno.ENOSPC, 'could not write out/last.pth.tar (No space left on device); the previous file '
+                                    'there is unchanged')
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(disk_full, [], prog='train.py')
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == ('train.py: error: could not write out/last.pth.tar (No space left on '
+                                                'device); the previous file there is unchanged')

@@ -49,6 +49,23 @@ def model_record(request: ValidationRequest, model_name: str, model: torch.nn.Mo
     }
 
 
+def _units_problem(units: Any, fields: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with a resume file's unit counts, or None: a tampered ImageNet-C file once gave a mean error
+    of -207, so counts must be whole numbers >= 0 and no unit may have more images correct than scored."""
+    if not isinstance(units, Mapping):
+        return 'units is not a mapping'
+    for name, counts in units.items():
+        if not isinstance(counts, Mapping) or not counts:
+            return f'unit {name!r} has no counts'
+        if fields and set(counts) != set(fields):
+            return f'unit {name!r} lacks {"/".join(fields)} counts'
+        if not all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in counts.values()):
+            return f'unit {name!r} has counts that are not whole numbers >= 0'
+        if 'correct' in counts and 'scored' in counts and counts['correct'] > counts['scored']:
+            return f'unit {name!r} has more correct ({counts["correct"]}) than scored ({counts["scored"]}) images'
+    return None
+
+
 class ResumeStore:
     """Finished units of one long set (ImageNet-C's folders), saved atomically so a killed run resumes.
 
@@ -57,8 +74,10 @@ class ResumeStore:
     Only the main process reads and writes; :meth:`load_shared` makes every process agree on what is finished.
     """
 
-    def __init__(self, path: Path | None, identity: Mapping[str, Any], runtime: Any, name: str) -> None:
+    def __init__(self, path: Path | None, identity: Mapping[str, Any], runtime: Any, name: str,
+                 fields: tuple[str, ...] = ()) -> None:
         self.path = path
+        self.fields = fields  # the counts every unit must have (empty: any)
         self.identity = json.loads(json.dumps(dict(identity)))  # what the file will hold, compared as read back
         self.runtime = runtime
         self.name = name
@@ -78,6 +97,11 @@ class ResumeStore:
                             'starting over', self.name, self.path)
             return {}
         units = saved.get('units', {})
+        problem = _units_problem(units, self.fields)
+        if problem:
+            _logger.warning('ignoring %s partial results %s (%s: altered or damaged); starting over', self.name,
+                            self.path, problem)
+            return {}
         return {name: {key: int(value) for key, value in counts.items()} for name, counts in units.items()}
 
     def load_shared(self, unit_names: list[str]) -> dict[str, dict[str, int]]:
@@ -162,7 +186,8 @@ class EvaluationContext:
             amp_dtype=self.amp_dtype, channels_last=self.request.channels_last,
             normalization=(preprocessing.mean, preprocessing.std), reduce=reduce, description=description)
 
-    def resume_store(self, name: str, prepared: PreparedData, preprocessing: EvalPreprocessing) -> ResumeStore:
+    def resume_store(self, name: str, prepared: PreparedData, preprocessing: EvalPreprocessing,
+                     fields: tuple[str, ...] = ()) -> ResumeStore:
         """Where set ``name`` keeps finished units: --partial-results, else ``<results>.<name>.partial.json``
         beside --results-file (no file: no resume). The identity is derived from the model record, the
         preprocessing record, the data folder and the label space, so a flag that changes pixels or outputs
@@ -180,4 +205,4 @@ class EvaluationContext:
             'data_dir': str(Path(prepared.root).resolve()),
             'label_space': hashlib.sha256('\n'.join(label_names).encode('utf-8')).hexdigest(),
         }
-        return ResumeStore(path, identity, self.runtime, name)
+        return ResumeStore(path, identity, self.runtime, name, fields)

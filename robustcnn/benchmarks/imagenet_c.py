@@ -212,7 +212,7 @@ class ImageNetC(Benchmark):
         """Top-1 error of every folder in one pipeline, resumed from the folders an interrupted run finished."""
         runtime = context.runtime
         preprocessing = context.preprocessing(self)
-        store = context.resume_store(self.name, prepared, preprocessing)
+        store = context.resume_store(self.name, prepared, preprocessing, fields=('correct', 'scored', 'skipped'))
         resumed = store.load_shared(prepared.group_names)  # the same names everywhere; counts on the main process
         if resumed:
             _logger.info('imagenet-c: resuming; %d of %d folders already finished (%s)', len(resumed),

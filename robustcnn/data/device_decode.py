@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..cli import UsageError
-from .folder import ClassFolderDataset, ImageDecodeError, load_rgb_image
+from .folder import ClassFolderDataset, ImageDecodeError, check_image_size, load_rgb_image, read_image_file
 from .loader import EvalBatch, stack_images
 from .transforms import EvalPreprocessing
 
@@ -74,6 +74,7 @@ def is_plain_jpeg(data: bytes) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter('error', Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
+                check_image_size(image.size, 'image')  # over the pixel budget: the CPU path names and skips it
                 return image.format == 'JPEG' and image.mode in _DEVICE_JPEG_MODES
     except Exception:  # any header problem: let the CPU path produce its named error
         return False
@@ -85,11 +86,7 @@ class JpegBytesDataset(ClassFolderDataset):
     def _load(self, index: int, data: bytes | None = None) -> Any:
         path = self.samples[index][0]
         if data is None:
-            try:
-                with open(path, 'rb') as file:
-                    data = file.read()
-            except OSError as error:
-                raise ImageDecodeError(f'{path}: {error}') from None
+            data = read_image_file(path)  # not open(): a FIFO named .jpg would block the worker forever
         if is_plain_jpeg(data):
             return EncodedJpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
         return super()._load(index, data)  # decoded from the bytes already read

@@ -3,13 +3,18 @@
 Both training and every evaluation set read images through :class:`ClassFolderDataset`, so bad files are
 handled one way everywhere: a file that cannot be decoded is named in a warning, then either skipped (evaluation)
 or replaced by the next readable sample (training), and counted in every batch (``num_failed``; the batch type
-and its collate are in :mod:`robustcnn.data.loader`).
+and its collate are in :mod:`robustcnn.data.loader`). The same goes for what would hang or exhaust a run: a FIFO,
+device or socket named like an image, and an image whose pixels (or those of the largest resize done here) exceed
+:data:`PIXEL_BUDGET`. Folder links inside a class folder are not followed, so a link loop, or a link to the parent
+or to another class, cannot duplicate or mislabel images.
 """
 from __future__ import annotations
 
 import io
 import logging
+import math
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -19,8 +24,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = [
-    'IMAGE_EXTENSIONS', 'ImageDecodeError', 'load_rgb_image', 'list_class_folders', 'scan_class_folders',
-    'ClassFolderDataset',
+    'IMAGE_EXTENSIONS', 'PIXEL_BUDGET', 'ImageDecodeError', 'load_rgb_image', 'read_image_file', 'check_image_size',
+    'list_class_folders', 'scan_class_folders', 'ClassFolderDataset',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -28,8 +33,44 @@ _logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif', '.ppm', '.pgm'})
 
 
+# Pixels one image may have when decoded, and after the largest resize any preprocessing here does (short side to
+# at most _LARGEST_SHORT_SIDE): a 15 KB PNG of 5,000,000 x 1 pixels is under PIL's own limit, but resizing its short
+# side to 256 asked for ~19 GB. Over budget, it is skipped like an undecodable file.
+PIXEL_BUDGET = 2 ** 27
+_LARGEST_SHORT_SIDE = 1024
+
+
 class ImageDecodeError(OSError):
     """An image file exists but cannot be turned into an RGB picture."""
+
+
+def check_image_size(size: tuple[int, int], path: str | os.PathLike) -> None:
+    """Raise ImageDecodeError if an image of ``size`` (from its header, before decoding) is over the pixel budget."""
+    width, height = size
+    resized = math.ceil(max(width, height) * _LARGEST_SHORT_SIDE / max(1, min(width, height))) * _LARGEST_SHORT_SIDE
+    if width * height > PIXEL_BUDGET or resized > PIXEL_BUDGET:
+        raise ImageDecodeError(f'{path}: {width}x{height} pixels exceed the pixel budget of {PIXEL_BUDGET} (decoded, '
+                               f'or resized to {_LARGEST_SHORT_SIDE} px on the short side)')
+
+
+def _check_regular_file(path: str | os.PathLike) -> None:
+    """Opening a FIFO named like an image blocks forever; a device reads without end."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise ImageDecodeError(f'{path}: {error.strerror or error}') from None
+    if not stat.S_ISREG(mode):
+        raise ImageDecodeError(f'{path}: not a regular file (a FIFO, device or socket named like an image)')
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file, or ImageDecodeError for a missing or non-regular file."""
+    _check_regular_file(path)
+    try:
+        with open(path, 'rb') as file:
+            return file.read()
+    except OSError as error:
+        raise ImageDecodeError(f'{path}: {error}') from None
 
 
 def load_rgb_image(path: str | os.PathLike, data: bytes | None = None) -> Image.Image:
@@ -39,11 +80,14 @@ def load_rgb_image(path: str | os.PathLike, data: bytes | None = None) -> Image.
     clips (any value over 255 becomes white) and which is scaled to 8 bits here instead. ``data``: the file's bytes
     when the caller already read them (``path`` then only names the file in errors).
     """
+    if data is None and isinstance(path, (str, os.PathLike)):
+        _check_regular_file(path)
     try:
         with warnings.catch_warnings():
             # An image over PIL's pixel limit warns first and raises past twice the limit; both count as hostile.
             warnings.simplefilter('error', Image.DecompressionBombWarning)
             with Image.open(path if data is None else io.BytesIO(data)) as image:
+                check_image_size(image.size, path)  # from the header, before any pixel is decoded
                 image.load()
                 if image.mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
                     # 16-bit (or 32-bit int) grayscale: scale to 8 bits instead of clipping to white.
@@ -57,6 +101,8 @@ def load_rgb_image(path: str | os.PathLike, data: bytes | None = None) -> Image.
                 return image.convert('RGB')
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageDecodeError(f'{path}: image too large to decode safely ({error})') from None
+    except ImageDecodeError:
+        raise
     except Exception as error:  # noqa: BLE001
         # Whatever a damaged file makes the decoder raise is the file's fault: besides OSError/ValueError, damaged
         # TIFF tags raise TypeError and OverflowError from inside Pillow. Named and skipped, never a dead run.
@@ -64,9 +110,22 @@ def load_rgb_image(path: str | os.PathLike, data: bytes | None = None) -> Image.
 
 
 def list_class_folders(root: str | os.PathLike) -> list[str]:
-    """Sorted names of the sub-folders of ``root`` (hidden folders ignored)."""
+    """Sorted names of the sub-folders of ``root`` (hidden folders ignored).
+
+    A class folder may be a link (trees assembled from another dataset's folders), but not one to ``root`` itself,
+    to a folder above it or to a folder inside it: that would read the whole tree, or another class, as this class.
+    """
     root = Path(root)
-    return sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith('.'))
+    names = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith('.'))
+    resolved_root = root.resolve()
+    for name in names:
+        if not (root / name).is_symlink():
+            continue
+        target = (root / name).resolve()
+        if target == resolved_root or target in resolved_root.parents or resolved_root in target.parents:
+            raise ValueError(f'class folder {root / name} links to {target}, which is the dataset folder, above it or '
+                             f'inside it (its images would be read twice or as another class); remove the link')
+    return names
 
 
 def scan_class_folders(
@@ -88,12 +147,21 @@ def scan_class_folders(
             f'the label space ({len(class_to_index)} classes); pass --class-map with the model\'s class list'
         )
     samples = []
+    linked_folders = []
     for name in folder_names:
         label = class_to_index[name]
-        for directory, _, files in os.walk(root / name, followlinks=True):
+        # Folder links inside a class folder are not followed (cycles, links to the parent or to another class);
+        # files (and links to files) are kept, and a non-regular one is skipped and counted when it is loaded.
+        for directory, subfolders, files in os.walk(root / name, followlinks=False):
+            linked_folders += [os.path.join(directory, sub) for sub in subfolders
+                               if os.path.islink(os.path.join(directory, sub))]
             for file_name in files:
                 if os.path.splitext(file_name)[1].lower() in IMAGE_EXTENSIONS:
                     samples.append((os.path.join(directory, file_name), label))
+    if linked_folders:
+        _logger.warning('not following %d folder link(s) inside class folders of %s (e.g. %s): a link loop or a link '
+                        'to another class would duplicate or mislabel images', len(linked_folders), root,
+                        linked_folders[0])
     samples.sort(key=lambda sample: sample[0])
     return samples
 

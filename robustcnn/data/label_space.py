@@ -11,20 +11,26 @@ import functools
 import json
 import os
 import pkgutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = [
-    'LabelSpace', 'imagenet_wnids', 'imagenet_r_wnids', 'imagenet_r_indices', 'imagenet_a_wnids',
+    'LabelSpace', 'LabelSpaceError', 'imagenet_wnids', 'imagenet_r_wnids', 'imagenet_r_indices', 'imagenet_a_wnids',
     'imagenet_a_indices', 'load_class_map', 'label_space_from_metadata', 'resolve_label_space',
 ]
+
+
+class LabelSpaceError(ValueError):
+    """A class list (``--class-map``, a checkpoint's ``class_names``) is malformed or contradicts another; the
+    command lines report it in one line."""
 
 
 def _timm_info_lines(file_name: str) -> list[str]:
     data = pkgutil.get_data('timm.data', f'_info/{file_name}')
     if data is None:
-        raise FileNotFoundError(f'timm does not ship _info/{file_name}; upgrade timm (>=1.0.20)')
+        raise FileNotFoundError(f'timm does not ship _info/{file_name}; upgrade timm (>=1.0.31)')
     return [line.strip() for line in data.decode('utf-8').splitlines() if line.strip()]
 
 
@@ -69,7 +75,7 @@ class LabelSpace:
         mapping: dict[str, int] = {}
         for index, name in enumerate(self.class_names):
             if name in mapping:
-                raise ValueError(f'class {name!r} appears twice in the label space from {self.source}')
+                raise LabelSpaceError(f'class {name!r} appears twice in the label space from {self.source}')
             mapping[name] = index
         object.__setattr__(self, 'class_to_index', mapping)
 
@@ -97,35 +103,63 @@ class LabelSpace:
 
 def load_class_map(path: str | os.PathLike) -> LabelSpace:
     """Read a class map as timm means it: ``.txt`` with one class name per line (line number = index), or ``.json``
-    holding a list of names or a ``{name: index}`` object. Also accepts ``name index`` pairs per ``.txt`` line."""
+    holding a list of names or a ``{name: index}`` object. Also accepts ``name index`` pairs per ``.txt`` line.
+
+    Strict, because a wrong map silently mislabels every image: indices are whole numbers 0..N-1, each once, names
+    appear once, and anything else is a :class:`LabelSpaceError` naming the problem.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'--class-map file not found: {path}')
-    text = path.read_text(encoding='utf-8')
+    try:
+        text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as error:
+        raise LabelSpaceError(f'--class-map {path} is not UTF-8 text ({error.reason} at byte {error.start})') from None
     if path.suffix.lower() == '.json':
-        data = json.loads(text)
+        try:
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique_pairs(pairs, path))
+        except LabelSpaceError:
+            raise
+        except ValueError as error:
+            raise LabelSpaceError(f'--class-map {path} is not valid JSON ({error})') from None
         if isinstance(data, list):
+            if not all(isinstance(name, (str, int)) and not isinstance(name, bool) for name in data):
+                raise LabelSpaceError(f'--class-map {path}: a JSON list must hold class names (text)')
             names = [str(name) for name in data]
         elif isinstance(data, dict):
-            names = _names_from_mapping({str(key): int(value) for key, value in data.items()}, path)
+            names = _names_from_mapping(data, path)
         else:
-            raise ValueError(f'{path}: expected a JSON list of class names or a {{name: index}} object')
+            raise LabelSpaceError(f'--class-map {path}: expected a JSON list of class names or a {{name: index}} '
+                                  f'object, got a {type(data).__name__}')
     else:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         pairs = [line.rsplit(maxsplit=1) for line in lines]
-        if lines and all(len(pair) == 2 and pair[1].isdigit() for pair in pairs):
-            names = _names_from_mapping({name: int(index) for name, index in pairs}, path)
+        if lines and all(len(pair) == 2 and re.fullmatch(r'[-+]?\d+', pair[1]) for pair in pairs):
+            names = _names_from_mapping(_unique_pairs([(name, int(index)) for name, index in pairs], path), path)
         else:
             names = lines
     if not names:
-        raise ValueError(f'--class-map file {path} lists no classes')
+        raise LabelSpaceError(f'--class-map file {path} lists no classes')
     return LabelSpace(tuple(names), f'class map {path}')
 
 
-def _names_from_mapping(mapping: Mapping[str, int], path: Path) -> list[str]:
+def _unique_pairs(pairs: Sequence[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    """A mapping from ``(name, value)`` pairs in which a repeated name is an error, not a silent overwrite."""
+    mapping: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in mapping:
+            raise LabelSpaceError(f'--class-map {path}: class {name!r} appears twice')
+        mapping[name] = value
+    return mapping
+
+
+def _names_from_mapping(mapping: Mapping[str, Any], path: Path) -> list[str]:
+    for name, index in mapping.items():
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise LabelSpaceError(f'--class-map {path}: the index of class {name!r} is {index!r}, not a whole number')
     indices = sorted(mapping.values())
     if indices != list(range(len(indices))):
-        raise ValueError(f'{path}: class indices must be 0..{len(indices) - 1} without gaps or repeats')
+        raise LabelSpaceError(f'{path}: class indices must be 0..{len(indices) - 1} without gaps or repeats')
     names = [''] * len(indices)
     for name, index in mapping.items():
         names[index] = name
@@ -148,10 +182,18 @@ def resolve_label_space(
         checkpoint_path: str | None = None,
         default: LabelSpace | None = None,
 ) -> LabelSpace:
-    """Pick the label space: --class-map, else the checkpoint's class list, else ``default`` (ImageNet-1k)."""
-    if class_map:
-        return load_class_map(class_map)
+    """Pick the label space: --class-map, else the checkpoint's class list, else ``default`` (ImageNet-1k).
+
+    A class map that contradicts the class list the checkpoint was trained with is an error: one of them mislabels
+    every image."""
     from_checkpoint = label_space_from_metadata(metadata, checkpoint_path or 'the checkpoint')
+    if class_map:
+        given = load_class_map(class_map)
+        if from_checkpoint is not None and given.class_names != from_checkpoint.class_names:
+            raise LabelSpaceError(
+                f'--class-map {class_map} ({len(given)} classes) differs from the {len(from_checkpoint)} classes the '
+                f'checkpoint was trained with ({from_checkpoint.source}); drop --class-map or give the same list')
+        return given
     if from_checkpoint is not None:
         return from_checkpoint
     return default if default is not None else LabelSpace.imagenet_1k()

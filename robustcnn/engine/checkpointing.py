@@ -8,12 +8,13 @@ Files in the run folder, named as timm names them:
 * ``recovery-{epoch}-{batch}.pth.tar``: every ``--recovery-interval`` optimizer updates inside an epoch, only the
   newest kept, removed once the epoch is finished.
 
-Every file is written with :func:`atomic_save` (never half-written) and holds only plain data and tensors, so it
-loads with ``torch.load(weights_only=True)``.
+Every file is written with :func:`atomic_save` (never half-written), holds only plain data and tensors, so it
+loads with ``torch.load(weights_only=True)``, and carries a SHA-256 of its contents that every load verifies.
 """
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, atomic_save, check_state_dict_fits, clean_state_dict, load_checkpoint_file
+from ..checkpoint import (CheckpointError, atomic_save, check_state_dict_fits, clean_state_dict, load_checkpoint_file,
+                          with_checksum)
 
 __all__ = [
     'LAST_NAME', 'BEST_NAME', 'capture_rng_state', 'restore_rng_state', 'CheckpointSaver', 'ResumePoint',
-    'find_resume_checkpoint', 'checkpoint_progress', 'restore_training_state',
+    'ResumeChoice', 'find_resume_checkpoint', 'checkpoint_progress', 'restore_training_state',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -65,10 +67,14 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 def checkpoint_progress(checkpoint: Mapping[str, Any]) -> tuple[int, int]:
     """``(epoch to run next, batches of it already done)``: the point a checkpoint continues from."""
-    epoch = int(checkpoint.get('epoch', -1))
+    epoch, batch_in_epoch = checkpoint.get('epoch', -1), checkpoint.get('batch_in_epoch', 0)
+    for name, value in (('epoch', epoch), ('batch_in_epoch', batch_in_epoch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise CheckpointError(f'the checkpoint\'s {name!r} is {value!r}, not a count; it was not written by '
+                                  f'train.py')
     if checkpoint.get('epoch_complete', True):
         return epoch + 1, 0
-    return epoch, int(checkpoint.get('batch_in_epoch', 0))
+    return epoch, batch_in_epoch
 
 
 class CheckpointSaver:
@@ -83,6 +89,7 @@ class CheckpointSaver:
         self.max_history = max_history
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
+        self.prune_history = True  # off after --resume auto fell back past a damaged file: keep every old one
 
     def is_better(self, metric: float) -> bool:
         if self.best_metric is None:
@@ -95,16 +102,23 @@ class CheckpointSaver:
         Order matters for a kill in between: ``last.pth.tar`` is written last, so until it exists a resume redoes
         this epoch and rewrites the others.
         """
+        if metric is not None and not math.isfinite(metric):
+            # e.g. every validation image undecodable: NaN would become a best that no later epoch can beat
+            _logger.warning('epoch %d: validation %s is %s; this epoch cannot be the best', epoch, self.metric_name,
+                            metric)
+            metric = None
         is_best = metric is not None and self.is_better(metric)
         if is_best:
             self.best_metric, self.best_epoch = metric, epoch
         checkpoint['best_metric'] = self.best_metric
         checkpoint['best_epoch'] = self.best_epoch
+        checkpoint = with_checksum(checkpoint)
         if is_best:
             atomic_save(checkpoint, self.run_dir / BEST_NAME)
         if self.max_history > 0 and (epoch + 1) % self.checkpoint_interval == 0:
             atomic_save(checkpoint, self.run_dir / f'checkpoint-{epoch}.pth.tar')
-            self._prune_history()
+            if self.prune_history:
+                self._prune_history()
         atomic_save(checkpoint, self.run_dir / LAST_NAME)
         self._remove_recovery()
         return is_best
@@ -112,7 +126,7 @@ class CheckpointSaver:
     def save_recovery(self, checkpoint: dict[str, Any], epoch: int, batch_in_epoch: int) -> Path:
         checkpoint['best_metric'] = self.best_metric
         checkpoint['best_epoch'] = self.best_epoch
-        path = atomic_save(checkpoint, self.run_dir / f'recovery-{epoch}-{batch_in_epoch}.pth.tar')
+        path = atomic_save(with_checksum(checkpoint), self.run_dir / f'recovery-{epoch}-{batch_in_epoch}.pth.tar')
         self._remove_recovery(keep=path)
         return path
 
@@ -150,32 +164,64 @@ class CheckpointSaver:
                 path.unlink(missing_ok=True)
 
 
-def find_resume_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """The readable checkpoint that is furthest along (``last`` or a recovery file), or None for a fresh run.
+@dataclass
+class ResumeChoice:
+    """What ``--resume auto`` continues from, and the files it could not use (with why)."""
 
-    Unreadable files (e.g. from an old crash outside :func:`atomic_save`) are skipped with a warning, so one bad
-    file never blocks a restart.
+    path: Path
+    checkpoint: dict[str, Any]
+    skipped: list[tuple[Path, str]]
+
+
+# Among checkpoints at the same point, the one most likely to be the run's own newest state wins.
+_PREFERENCE = {'recovery': 3, 'last': 2, 'history': 1, 'best': 0}
+
+
+def _checkpoint_kind(name: str) -> str | None:
+    if name == LAST_NAME:
+        return 'last'
+    if name == BEST_NAME:
+        return 'best'
+    if _HISTORY_PATTERN.match(name):
+        return 'history'
+    if _RECOVERY_PATTERN.match(name):
+        return 'recovery'
+    return None
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> ResumeChoice | None:
+    """The run's checkpoint that is furthest along among those that load and verify (recovery files, ``last``,
+    ``checkpoint-N``, ``model_best``), or None when the folder holds none (a fresh run).
+
+    Files that are unreadable, fail their checksum or are not training checkpoints are listed in
+    :attr:`ResumeChoice.skipped`, so one damaged ``last.pth.tar`` falls back to an intact older file instead of
+    restarting from epoch 0. If files exist but none is usable, that is an error: starting over would overwrite them.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return None
-    candidates = [run_dir / LAST_NAME] + [path for path in run_dir.iterdir() if _RECOVERY_PATTERN.match(path.name)]
-    best: tuple[tuple[int, int], Path, dict[str, Any]] | None = None
+    candidates = sorted(path for path in run_dir.iterdir() if _checkpoint_kind(path.name))
+    best: tuple[tuple[int, int, int], Path, dict[str, Any]] | None = None
+    skipped: list[tuple[Path, str]] = []
     for path in candidates:
-        if not path.is_file():
-            continue
         try:
             checkpoint = load_checkpoint_file(path)
+            if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get('state_dict'), Mapping):
+                raise CheckpointError('not a training checkpoint (no state_dict)')
+            progress = checkpoint_progress(checkpoint)
         except CheckpointError as error:
-            _logger.warning('ignoring unreadable checkpoint: %s', error)
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else 'unreadable'
+            skipped.append((path, reason))
             continue
-        if not isinstance(checkpoint, Mapping) or 'state_dict' not in checkpoint:
-            _logger.warning('ignoring %s: not a training checkpoint', path)
-            continue
-        progress = checkpoint_progress(checkpoint)
-        if best is None or progress > best[0]:
-            best = (progress, path, dict(checkpoint))
-    return None if best is None else (best[1], best[2])
+        rank = (*progress, _PREFERENCE[_checkpoint_kind(path.name)])
+        if best is None or rank > best[0]:
+            best = (rank, path, dict(checkpoint))
+        del checkpoint
+    if best is None and skipped:
+        reasons = '; '.join(f'{path.name}: {reason}' for path, reason in skipped)
+        raise CheckpointError(f'--resume auto: no checkpoint in {run_dir} is usable ({reasons}); restore one from a '
+                              f'backup, or start over with --fresh (moves this run aside)')
+    return None if best is None else ResumeChoice(best[1], best[2], skipped)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from ..data.folder import ClassFolderDataset, scan_class_folders
 from ..data.loader import build_eval_loader
 from ..data.train_data import build_train_loader, build_train_transform, check_split_folder, resolve_class_names
 from ..tracking import NullTracker, Tracker, build_tracker
+from ..run_folder import RunFolderClaim, claim_run_folder, set_aside
 from .checkpointing import CheckpointSaver, ResumePoint, capture_rng_state, find_resume_checkpoint, \
     restore_training_state
 from .runtime import AMP_DTYPES, Runtime, init_runtime
@@ -86,6 +87,13 @@ def build_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
     except TypeError as error:
         raise UsageError(f'--model {args.model} does not accept these arguments ({error}); check --model-kwargs') \
             from None
+    except (ValueError, ZeroDivisionError, AssertionError, RuntimeError) as error:
+        # patch_size=0, kernel_size=-3 fail inside the layers; --pretrained on a model timm has no weights for
+        reason = ' '.join(str(error).split()) or type(error).__name__
+        if args.pretrained and 'pretrained' in reason.lower():
+            raise UsageError(f'--pretrained: {reason}; drop --pretrained or pick a model with weights') from None
+        raise UsageError(f'cannot build --model {args.model} with --model-kwargs {kwargs} ({reason}); check the '
+                         f'values') from None
     if args.initial_checkpoint:
         load_model_weights(model, args.initial_checkpoint)
     return model
@@ -148,13 +156,49 @@ def _plain(value: Any) -> Any:
 _DROP = object()
 
 
+def _continues_in(args: argparse.Namespace, run_dir: Path) -> bool:
+    """Whether this start continues the run in ``run_dir`` (so may write over its files)."""
+    if args.resume == 'auto':
+        return True
+    if not args.resume:
+        return False
+    return Path(args.resume).resolve().parent == run_dir.resolve()
+
+
+def _check_same_geometry(checkpoint: Any, args: argparse.Namespace, source: str) -> None:
+    """A resume with another per-device batch or input size: refused mid-epoch (the position counts batches of
+    the old size, so samples would be skipped or repeated), a warning at an epoch boundary."""
+    saved = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict):
+        return
+    mid_epoch = not checkpoint.get('epoch_complete', True)
+    for flag, name in (('-b/--batch-size', 'batch_size'), ('--img-size', 'img_size')):
+        before, now = saved.get(name), getattr(args, name, None)
+        if before is None or now is None or before == now:
+            continue
+        if mid_epoch and name == 'batch_size':
+            raise UsageError(f'{source} stopped inside an epoch with {flag} {before}; resuming it with {now} would '
+                             f'skip or repeat samples: resume with {flag} {before}')
+        _logger.warning('resuming %s, trained with %s %s, with %s %s: the run continues with the new value',
+                        source, flag, before, flag, now)
+
+
 def _read_summary_rows(path: Path, before_epoch: int) -> list[dict[str, str]]:
-    """Rows of an existing summary.csv for epochs already done (a resumed run rewrites the ones it redoes)."""
+    """Rows of an existing summary.csv for epochs already done (a resumed run rewrites the ones it redoes).
+
+    A damaged file is moved aside (never blocks a resume, never lost) and the table restarts from the resumed
+    epoch on."""
     if not path.is_file():
         return []
-    with path.open(newline='') as file:
-        return [row for row in csv.DictReader(file) if row.get('epoch', '').isdigit() and int(row['epoch']) <
-                before_epoch]
+    try:
+        with path.open(newline='', encoding='utf-8') as file:
+            return [row for row in csv.DictReader(file) if str(row.get('epoch') or '').isdigit()
+                    and int(row['epoch']) < before_epoch]
+    except (UnicodeDecodeError, csv.Error) as error:
+        kept = set_aside(path, 'damaged')
+        _logger.warning('%s is unreadable (%s); kept as %s, the new one starts at the resumed epoch', path.name,
+                        error, kept.name)
+        return []
 
 
 def _write_summary(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -172,10 +216,14 @@ class _Trainer:
         self.args = args
         self.runtime = runtime
         self.tracker: Tracker = NullTracker()
+        self.claim: RunFolderClaim | None = None
 
     def prepare(self) -> None:
         args, runtime = self.args, self.runtime
         resolve_device_defaults(args, runtime.kind)
+        if args.torchcompile and args.torchcompile not in torch._dynamo.list_backends(exclude_tags=()):
+            raise UsageError(f'--torchcompile {args.torchcompile}: not a torch.compile backend; choose from '
+                             f'{", ".join(torch._dynamo.list_backends())}')
         # 1. data folders: a bad path is a one-line error before anything expensive
         self.train_folder = check_split_folder(args.data_dir, args.train_split, '--train-split')
         self.val_folder = check_split_folder(args.data_dir, args.val_split, '--val-split')
@@ -187,12 +235,15 @@ class _Trainer:
                              f'folders in {self.train_folder}')
         self.num_classes = num_classes
 
-        # 2. run folder and log file (main process only writes)
+        # 2. run folder and log file (main process only writes): locked, and an older run in it is never overwritten
         self.run_dir = run_folder(args)
         if runtime.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.claim = claim_run_folder(self.run_dir, continuing=_continues_in(args, self.run_dir),
+                                          fresh=args.fresh)
         setup_logging(runtime.is_main, self.run_dir / 'train.log' if runtime.is_main else None)
         _logger.info('run folder %s; %s', self.run_dir, runtime.describe())
+        if self.claim is not None and self.claim.previous_run is not None:
+            _logger.info('--fresh: moved the previous run to %s', self.claim.previous_run)
 
         # 3. model (same initial weights on every process: seeded identically)
         torch.manual_seed(args.seed)
@@ -254,16 +305,27 @@ class _Trainer:
         # 6. resume
         self.resume = ResumePoint()
         checkpoint, source = None, ''
+        fell_back = False
         if args.resume == 'auto':
             found = find_resume_checkpoint(self.run_dir)
             if found is None:
                 _logger.info('--resume auto: no checkpoint in %s yet, starting a fresh run', self.run_dir)
             else:
-                source, checkpoint = str(found[0]), found[1]
+                source, checkpoint = str(found.path), found.checkpoint
+                _logger.info('--resume auto: continuing from %s, the newest checkpoint that verifies', found.path.name)
+                fell_back = bool(found.skipped)
+                for path, reason in found.skipped:
+                    # moved aside, not left to be overwritten or pruned: a person may still recover something
+                    kept = set_aside(path, 'damaged') if runtime.is_main else path
+                    _logger.warning('--resume auto: skipped %s (%s); kept as %s', path.name, reason, kept.name)
+                if fell_back:
+                    _logger.warning('--resume auto fell back past damaged files: no checkpoint-N is pruned in this '
+                                    'run')
         elif args.resume:
             source, checkpoint = args.resume, load_checkpoint_file(args.resume)
         resumed = checkpoint is not None
         if checkpoint is not None:
+            _check_same_geometry(checkpoint, args, source)
             self.resume = restore_training_state(
                 checkpoint, source, model, model_name=args.model, class_names=self.class_names,
                 optimizer=self.recipe.optimizer, scheduler=self.recipe.scheduler, scaler=self.scaler,
@@ -287,6 +349,7 @@ class _Trainer:
         self.saver = CheckpointSaver(self.run_dir, metric_name=args.eval_metric,
                                      checkpoint_interval=args.checkpoint_interval, max_history=args.checkpoint_hist)
         self.saver.best_metric, self.saver.best_epoch = self.resume.best_metric, self.resume.best_epoch
+        self.saver.prune_history = not fell_back
         self.summary_columns = SUMMARY_COLUMNS + (EMA_COLUMNS if self.model_ema is not None else [])
         self.summary_rows: list[dict[str, Any]] = []
         if runtime.is_main:
@@ -464,10 +527,17 @@ def run_training(args: argparse.Namespace, runtime: Runtime | None = None) -> Tr
             raise UsageError(str(error)) from None
     trainer = _Trainer(args, runtime)
     try:
-        trainer.prepare()
+        try:
+            trainer.prepare()
+        except BaseException:
+            if trainer.claim is not None:
+                trainer.claim.abandon()  # nothing was trained: leave no empty run folder behind
+            raise
         return trainer.run()
     finally:
         trainer.tracker.close()
+        if trainer.claim is not None:
+            trainer.claim.release()
         if own_runtime:
             runtime.close()
 

@@ -134,6 +134,11 @@ class RobustResNet(nn.Module):
             stride_block = 'last' if block_type == 'down_inverted_dw' else 'first'
         if stride_block not in ('first', 'last'):
             raise ValueError(f"stride_block must be 'first' or 'last', not {stride_block!r}")
+        for name, value in (('patch_size', patch_size), ('kernel_size', kernel_size), ('mlp_ratio', mlp_ratio)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f'{name} must be a positive number, got {value!r}')  # 0 built empty layers
+        if any(depth < 0 for depth in depths) or any(dim < 1 for dim in dims) or any(s < 1 for s in stage_strides):
+            raise ValueError(f'depths must be >= 0, dims and stage_strides >= 1; got {depths}, {dims}, {stage_strides}')
         total_stride = patch_size
         for stride in stage_strides:
             total_stride *= stride
