@@ -1,10 +1,10 @@
 """ImageNet-O: AUPR/AUROC of the negative max softmax over the 200 ImageNet-O classes, anomalies positive."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-
-from pathlib import Path
 
 from dataset_trees import register_color_model, save_color_checkpoint, write_class_folder
 from robustcnn.benchmarks import DatasetLayoutError
@@ -26,6 +26,13 @@ def test_aupr_and_auroc_on_a_hand_worked_example_with_a_tie() -> None:
     metrics = pytest.importorskip('sklearn.metrics')
     assert average_precision(positives, scores) == pytest.approx(metrics.average_precision_score(positives, scores))
     assert roc_auc(positives, scores) == pytest.approx(metrics.roc_auc_score(positives, scores))
+    generator = np.random.default_rng(0)
+    for _ in range(50):  # where scikit-learn is installed: tie-heavy random cases agree with it exactly
+        labels = generator.random(30) < 0.4
+        values = np.round(generator.normal(size=30), 1)
+        if labels.any() and not labels.all():
+            assert average_precision(labels, values) == pytest.approx(metrics.average_precision_score(labels, values))
+            assert roc_auc(labels, values) == pytest.approx(metrics.roc_auc_score(labels, values))
 
 
 def test_the_200_classes() -> None:
@@ -80,6 +87,9 @@ def test_in_distribution_is_required_and_must_hold_the_classes(tmp_path: Path) -
     write_class_folder(tmp_path / 'val' / IMAGENET_O_WNIDS[1], [1])
     with pytest.raises(DatasetLayoutError, match='give --in-distribution DIR'):
         ImageNetO().prepare(tmp_path / 'imagenet-o', LabelSpace.imagenet_1k())
+    missing = ValidationRequest(data_dir=str(tmp_path / 'imagenet-o'), in_distribution=str(tmp_path / 'nowhere'))
+    with pytest.raises(DatasetLayoutError, match='--in-distribution folder not found: .*nowhere'):
+        ImageNetO().prepare(tmp_path / 'imagenet-o', LabelSpace.imagenet_1k(), missing)
     request = ValidationRequest(data_dir=str(tmp_path / 'imagenet-o'), in_distribution=str(tmp_path / 'val'))
     with pytest.raises(DatasetLayoutError, match=f'has no class folder.*{IMAGENET_O_WNIDS[0]} of ImageNet-O'):
         ImageNetO().prepare(tmp_path / 'imagenet-o', LabelSpace.imagenet_1k(), request)

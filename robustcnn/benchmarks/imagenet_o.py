@@ -110,6 +110,9 @@ class ImageNetO(ClassFolderBenchmark):
     def in_distribution_folder(self, request: ValidationRequest | None) -> Path:
         """--in-distribution, else in --suite the ImageNet folder of the suite (named or found under its root)."""
         if request is not None and request.in_distribution:
+            if not Path(request.in_distribution).is_dir():
+                raise DatasetLayoutError(f'--in-distribution folder not found: {request.in_distribution} (give the '
+                                         f'ImageNet val folder)')
             return Path(request.in_distribution)
         if request is not None and request.suite:
             if request.dataset_dirs.get('imagenet'):
