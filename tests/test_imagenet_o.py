@@ -75,8 +75,8 @@ def test_imagenet_o_against_val_of_the_same_classes(tmp_path: Path) -> None:
     wins = sum(positive > negative for positive in positive_scores for negative in negative_scores)
     assert entry['auroc'] == pytest.approx(100.0 * wins / (len(positive_scores) * len(negative_scores)), abs=1e-4)
     ranked = sorted(everything, reverse=True)
-    precisions = [sum(other in positive_scores for other in ranked[:ranked.index(score) + 1]) / (ranked.index(score) + 1)
-                  for score in positive_scores]
+    ranks = [ranked.index(score) + 1 for score in positive_scores]  # precision at each anomaly's rank
+    precisions = [sum(other in positive_scores for other in ranked[:rank]) / rank for rank in ranks]
     assert entry['aupr'] == pytest.approx(100.0 * sum(precisions) / len(precisions), abs=1e-4)
     assert (entry['num_samples'], entry['num_in_distribution']) == (4, 6)
     assert 50 < entry['auroc'] < 100 and 50 < entry['aupr'] < 100  # a ranking that is neither perfect nor flipped
