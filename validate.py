@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help='ImageNet-C resume file (default: beside --results-file)')
     group.add_argument('--save-every', type=int, default=50, metavar='N',
                        help='ImageNet-C: record finished folders for resuming every N batches')
+    group.add_argument('--real-labels', default=None, metavar='FILE',
+                       help='ImageNet-ReaL: real.json of google-research/reassessed-imagenet (default: timm\'s copy)')
+    group.add_argument('--in-distribution', default=None, metavar='DIR',
+                       help='ImageNet-O: the ImageNet val folder scored as in-distribution (suite: its ImageNet)')
+    group.add_argument('--objectnet-pooling', default='max', choices=('max', 'template'),
+                       help='ObjectNet: max of the mapped logits over the 113 classes (wise-ft), or the 1000-way '
+                            'top-1 mapped to ObjectNet classes (ObjectNet\'s template)')
     group = parser.add_argument_group('running')
     group.add_argument('-b', '--batch-size', type=int, default=64)
     group.add_argument('-j', '--workers', type=int, default=None, help='loader processes (default: min(8, cores))')
@@ -147,6 +154,7 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
         results_file=args.results_file or None, figure=args.figure or None, partial_results=args.partial_results,
         allow_partial=args.allow_partial, extra_corruptions=args.extra_corruptions, clean_error=args.clean_error,
         group_sync_every=args.save_every,
+        real_labels=args.real_labels, in_distribution=args.in_distribution, objectnet_pooling=args.objectnet_pooling,
     )
 
 

@@ -10,6 +10,12 @@ from .imagenet_r import ImageNetR
 from .imagenet_sketch import ImageNetSketch
 from .imagenet_v2 import ImageNetV2
 from .stylized_imagenet import StylizedImageNet
+# More distribution shifts (issue 15): corruption suites in ImageNet-C's layout, relabelled val, OOD detection.
+from .imagenet_3dcc import ImageNet3DCC
+from .imagenet_c_bar import ImageNetCBar
+from .imagenet_o import ImageNetO
+from .imagenet_real import ImageNetReaL
+from .objectnet import ObjectNet
 
 __all__ = ['BENCHMARKS', 'SUITE_ORDER', 'get_benchmark', 'Benchmark', 'ClassFolderBenchmark', 'DatasetLayoutError',
            'PreparedData', 'DEFAULT_DATASET']
@@ -18,9 +24,12 @@ BENCHMARKS: dict[str, Benchmark] = {benchmark.name: benchmark for benchmark in (
     ImageNet(), StylizedImageNet(), ImageNetC(), ImageNetR(), ImageNetSketch(), ImageNetA(), ImageNetV2(),
     ClassFolder(),
 )}
+BENCHMARKS.update({benchmark.name: benchmark for benchmark in (
+    ImageNetCBar(), ImageNet3DCC(), ImageNetReaL(), ImageNetO(), ObjectNet())})
 # Clean ImageNet first: its error feeds ImageNet-C's relative mCE in the same run.
 SUITE_ORDER: tuple[str, ...] = ('imagenet', 'stylized-imagenet', 'imagenet-c', 'imagenet-r', 'imagenet-sketch',
                                 'imagenet-a', 'imagenet-v2')
+SUITE_ORDER += ('imagenet-c-bar', 'imagenet-3dcc', 'imagenet-real', 'objectnet', 'imagenet-o')
 
 # What validate.py evaluates when neither --dataset nor the folder's layout or name says otherwise.
 DEFAULT_DATASET = 'imagenet'

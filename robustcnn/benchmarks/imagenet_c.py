@@ -9,6 +9,9 @@ Metrics (errors are top-1 errors in percent):
 - ``mean_corruption_error``: plain mean of the 75 errors (what the Robust-ResNet paper reports as "IN-C").
 - ``mce``: mean Corruption Error; per corruption, sum over severities of our error / AlexNet's, averaged, x100.
 - ``relative_mce``: per corruption, sum_s (E_s - E_clean) / sum_s (AlexNet_s - AlexNet_clean), averaged, x100.
+
+Other corruption suites in this layout (ImageNet-C-bar, ImageNet-3DCC) subclass :class:`ImageNetC` with their own
+corruption list; without AlexNet baselines they report the plain mean only (``alexnet_normalized = False``).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     'CORRUPTION_CATEGORIES', 'CORRUPTIONS', 'EXTRA_CORRUPTIONS', 'SEVERITIES', 'ALEXNET_ERRORS',
-    'ALEXNET_CLEAN_ERROR', 'ImageNetC', 'group_name', 'aggregate_corruption_errors',
+    'ALEXNET_CLEAN_ERROR', 'ImageNetC', 'group_name', 'aggregate_corruption_errors', 'plain_corruption_aggregates',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -115,6 +118,16 @@ def aggregate_corruption_errors(
     }
 
 
+def plain_corruption_aggregates(errors: Mapping[str, Mapping[int, float]],
+                                corruptions: Sequence[str]) -> dict[str, Any]:
+    """The plain mean of the top-1 errors (percent) of ``corruptions`` x 1..5, for suites without a baseline to
+    normalize by; ``partial`` with the missing folders when some are absent."""
+    present = [error for corruption in corruptions for error in errors.get(corruption, {}).values()]
+    missing = [group_name(corruption, severity) for corruption in corruptions for severity in SEVERITIES
+               if severity not in errors.get(corruption, {})]
+    return {'mean_corruption_error': _mean(present), 'partial': bool(missing), 'missing': missing}
+
+
 class ImageNetC(Benchmark):
     name = 'imagenet-c'
     title = 'ImageNet-C'
@@ -126,19 +139,31 @@ class ImageNetC(Benchmark):
     headline_metric = 'mean_corruption_error'
     # The set whose top-1 gives the clean error of relative mCE when --clean-error is not given (scored first).
     clean_set = 'imagenet'
+    # What a corruption suite in this layout differs by (ImageNet-C-bar, ImageNet-3DCC override these): the
+    # corruptions its aggregates average over, the held-out ones --extra-corruptions adds, the category folders of
+    # the download, and whether AlexNet's errors normalize it (mCE, relative mCE).
+    corruptions: tuple[str, ...] = CORRUPTIONS
+    extra_corruptions: tuple[str, ...] = EXTRA_CORRUPTIONS
+    corruption_categories: Mapping[str, tuple[str, ...]] = CORRUPTION_CATEGORIES
+    alexnet_normalized = True
 
     def corruption_folder(self, root: Path, corruption: str) -> Path | None:
         """``root/<corruption>`` or ``root/<category>/<corruption>`` (the download's tar layout)."""
         if (root / corruption).is_dir():
             return root / corruption
-        for category in (*CORRUPTION_CATEGORIES, 'extra'):
+        for category in (*self.corruption_categories, *(('extra',) if self.corruption_categories else ())):
             if (root / category / corruption).is_dir():
                 return root / category / corruption
         return None
 
+    def severity_folder(self, corruption_folder: Path, corruption: str, severity: int) -> Path | None:
+        """``<corruption>/<severity>`` (a suite whose generator names the folders otherwise overrides this)."""
+        folder = corruption_folder / str(severity)
+        return folder if folder.is_dir() else None
+
     def detect(self, root: Path, strong: bool) -> str | None:
-        if strong and any(self.corruption_folder(root, name) is not None for name in CORRUPTIONS):
-            return 'corruption folders found'
+        if strong and any(self.corruption_folder(root, name) is not None for name in self.corruptions):
+            return f'{self.title} corruption folders found'
         return None
 
     def find_groups(
@@ -152,14 +177,15 @@ class ImageNetC(Benchmark):
             folder = self.corruption_folder(root, corruption)
             for severity in severities:
                 name = group_name(corruption, severity)
-                if folder is not None and (folder / str(severity)).is_dir():
-                    found[name] = folder / str(severity)
+                severity_folder = self.severity_folder(folder, corruption, severity) if folder is not None else None
+                if severity_folder is not None:
+                    found[name] = severity_folder
                 else:
                     missing.append(name)
         if not found:
             raise DatasetLayoutError(
-                f'no ImageNet-C folders under {root}: expected <corruption>/<severity>/<wnid>/ images '
-                f'(e.g. {root / "gaussian_noise" / "1"})'
+                f'no {self.title} folders under {root}: expected <corruption>/<severity>/<wnid>/ images '
+                f'(e.g. {root / corruptions[0] / "1"})'
             )
         return found, missing
 
@@ -172,11 +198,11 @@ class ImageNetC(Benchmark):
         """
         extra_corruptions = bool(request and request.extra_corruptions)
         allow_partial = bool(request and request.allow_partial)
-        corruptions = CORRUPTIONS + (EXTRA_CORRUPTIONS if extra_corruptions else ())
+        corruptions = self.corruptions + (self.extra_corruptions if extra_corruptions else ())
         found, missing = self.find_groups(data_dir, corruptions)
         if missing and not allow_partial:
             raise DatasetLayoutError(
-                f'ImageNet-C under {data_dir} is missing {len(missing)} of {len(missing) + len(found)} '
+                f'{self.title} under {data_dir} is missing {len(missing)} of {len(missing) + len(found)} '
                 f'corruption/severity folders: {", ".join(missing[:12])}{" ..." if len(missing) > 12 else ""}; '
                 f'add --allow-partial to score what is there (aggregates marked partial)'
             )
@@ -201,7 +227,7 @@ class ImageNetC(Benchmark):
             group_sizes.append(len(group_samples))
         empty = [name for name in group_names if not scanned[name]]
         if empty and not allow_partial:
-            raise DatasetLayoutError(f'ImageNet-C folder(s) without images: {", ".join(empty[:8])}')
+            raise DatasetLayoutError(f'{self.title} folder(s) without images: {", ".join(empty[:8])}')
         return PreparedData(
             benchmark=self.name, root=Path(data_dir), samples=samples, sample_groups=sample_groups,
             group_names=group_names, group_sizes=group_sizes,
@@ -215,7 +241,7 @@ class ImageNetC(Benchmark):
         store = context.resume_store(self.name, prepared, preprocessing, fields=('correct', 'scored', 'skipped'))
         resumed = store.load_shared(prepared.group_names)  # the same names everywhere; counts on the main process
         if resumed:
-            _logger.info('imagenet-c: resuming; %d of %d folders already finished (%s)', len(resumed),
+            _logger.info('%s: resuming; %d of %d folders already finished (%s)', self.name, len(resumed),
                          len(prepared.group_names), store.path)
         remaining = prepared.without_groups(list(resumed))
         finished = {name: counts for name, counts in resumed.items() if counts}
@@ -233,7 +259,7 @@ class ImageNetC(Benchmark):
             if new:
                 store.save(finished)
 
-        _logger.info('imagenet-c: %d images in %d folders to evaluate in one pipeline, preprocessing %s',
+        _logger.info('%s: %d images in %d folders to evaluate in one pipeline, preprocessing %s', self.name,
                      len(remaining.samples), len(prepared.group_names) - len(resumed), preprocessing)
         result = context.evaluate(remaining, preprocessing, self.name, sample_groups=SampleGroups(
             remaining.sample_groups or [], num_groups=len(remaining.group_names), on_update=record,
@@ -249,13 +275,15 @@ class ImageNetC(Benchmark):
         entry['preprocessing'] = context.preprocessing_record(preprocessing)
         entry['elapsed_seconds'] = result.elapsed_seconds
         store.discard()  # complete: the results file now holds everything
-        _logger.info('imagenet-c: mean_corruption_error %s, mce %s, relative_mce %s%s',
-                     format_metric(entry['mean_corruption_error']), format_metric(entry['mce']),
-                     format_metric(entry['relative_mce']), ' (PARTIAL)' if entry['partial'] else '')
+        _logger.info('%s: mean_corruption_error %s, mce %s, relative_mce %s%s', self.name,
+                     format_metric(entry['mean_corruption_error']), format_metric(entry.get('mce')),
+                     format_metric(entry.get('relative_mce')), ' (PARTIAL)' if entry['partial'] else '')
         return entry
 
     def clean_error(self, context: EvaluationContext) -> float | None:
         """--clean-error, else the top-1 error of the clean set scored earlier in this run (None: neither)."""
+        if not self.alexnet_normalized:
+            return None
         if context.request.clean_error is not None:
             return context.request.clean_error
         clean = context.results.get(self.clean_set, {}).get('top1')
@@ -270,15 +298,23 @@ class ImageNetC(Benchmark):
             if folder_counts['scored']:
                 errors.setdefault(corruption, {})[int(severity)] = 100.0 * (
                     1.0 - folder_counts['correct'] / folder_counts['scored'])
+        ordered = {corruption: {str(severity): errors[corruption][severity] for severity in SEVERITIES
+                                if severity in errors[corruption]}
+                   for corruption in prepared.notes['corruptions'] if corruption in errors}
+        if not self.alexnet_normalized:
+            plain = plain_corruption_aggregates(errors, self.corruptions)
+            return {
+                'mean_corruption_error': plain['mean_corruption_error'],
+                'num_samples': sum(folder['scored'] for folder in counts.values()),
+                'skipped_files': sum(folder['skipped'] for folder in counts.values()),
+                'errors': ordered, 'partial': plain['partial'], 'missing': plain['missing'],
+            }
         aggregates = aggregate_corruption_errors(errors, clean_error=clean_error)
         if prepared.label_space is not None and not prepared.label_space.is_imagenet_1k:
             # AlexNet's ImageNet-C errors are not a baseline for another label space: a number there would mislead
             _logger.info('imagenet-c: mce and relative_mce left out (null): they are normalized by AlexNet\'s '
                          'ImageNet-C errors, which exist for the 1000 ImageNet classes only')
             aggregates.update(mce=None, relative_mce=None, corruption_errors={})
-        ordered = {corruption: {str(severity): errors[corruption][severity] for severity in SEVERITIES
-                                if severity in errors[corruption]}
-                   for corruption in prepared.notes['corruptions'] if corruption in errors}
         return {
             'mean_corruption_error': aggregates['mean_corruption_error'],
             'mce': aggregates['mce'],
@@ -293,7 +329,9 @@ class ImageNetC(Benchmark):
         }
 
     def summary(self, entry: Mapping[str, Any]) -> dict[str, float | None]:
-        return {name: entry.get(name) for name in ('mean_corruption_error', 'mce', 'relative_mce')}
+        names = ('mean_corruption_error', 'mce', 'relative_mce') if self.alexnet_normalized else (
+            'mean_corruption_error',)
+        return {name: entry.get(name) for name in names}
 
     def report_details(self, entry: Mapping[str, Any]) -> list[str]:
         """The corruption x severity table of top-1 errors, with each corruption's AlexNet-normalized CE."""
@@ -302,16 +340,19 @@ class ImageNetC(Benchmark):
         if not errors:
             return []
         severities = sorted({severity for by_severity in errors.values() for severity in by_severity}, key=int)
-        lines = ['', '## ImageNet-C top-1 error (percent) by corruption and severity', '',
-                 '| Corruption | ' + ' | '.join(severities) + ' | mean | CE (AlexNet = 100) |',
-                 '|---|' + '---:|' * (len(severities) + 2)]
+        normalized_column = ['CE (AlexNet = 100)'] if self.alexnet_normalized else []
+        lines = ['', f'## {self.title} top-1 error (percent) by corruption and severity', '',
+                 '| Corruption | ' + ' | '.join([*severities, 'mean', *normalized_column]) + ' |',
+                 '|---|' + '---:|' * (len(severities) + 1 + len(normalized_column))]
         normalized = entry.get('corruption_errors') or {}
         for name, by_severity in errors.items():
             values = [by_severity.get(severity) for severity in severities]
             present = [value for value in values if value is not None]
             mean = sum(present) / len(present) if present else None
-            lines.append('| ' + ' | '.join([name] + [format_cell(value) for value in values]
-                                           + [format_cell(mean), format_cell(normalized.get(name))]) + ' |')
+            cells = [name] + [format_cell(value) for value in values] + [format_cell(mean)]
+            if self.alexnet_normalized:
+                cells.append(format_cell(normalized.get(name)))
+            lines.append('| ' + ' | '.join(cells) + ' |')
         if entry.get('partial'):
             lines += ['', f'Partial: {len(entry.get("missing", []))} folder(s) missing '
                           f'({", ".join(entry.get("missing", [])[:10])}); aggregates cover what is present.']

@@ -70,6 +70,11 @@ class ValidationRequest:
     extra_corruptions: bool = False
     clean_error: float | None = None
     group_sync_every: int = 50
+    # ImageNet-ReaL's real.json (None: timm's copy), ImageNet-O's in-distribution ImageNet val folder (None: in
+    # --suite the suite's ImageNet folder), ObjectNet's pooling of ImageNet logits ('max' or 'template')
+    real_labels: str | None = None
+    in_distribution: str | None = None
+    objectnet_pooling: str = 'max'
 
 
 # ---------------------------------------------------------------------------------------------------- datasets

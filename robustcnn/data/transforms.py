@@ -35,9 +35,14 @@ class EvalPreprocessing:
     interpolation: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # Pixels cut from every side of the decoded image before anything else (ObjectNet's red border: 2).
+    border: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        if not self.border:  # only where a set crops one, so every other set's record stays as it was
+            del record['border']
+        return record
 
 
 def resolve_eval_preprocessing(
@@ -105,12 +110,36 @@ class _PILToUint8Tensor:
         return f'{type(self).__name__}()'
 
 
+class _CropBorder:
+    """Cut ``border`` pixels from each side (PIL: ``crop((b, b, w - b, h - b))``; a CHW tensor: the same slice)."""
+
+    def __init__(self, border: int) -> None:
+        self.border = border
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
+        border = self.border
+        if isinstance(image, torch.Tensor):
+            return image[..., border:image.shape[-2] - border, border:image.shape[-1] - border]
+        return image.crop((border, border, image.width - border, image.height - border))
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(border={self.border})'
+
+
 def build_eval_transform(preprocessing: EvalPreprocessing) -> Callable[[Image.Image], torch.Tensor]:
     """PIL RGB image -> uint8 tensor of the model's input size (or the image's own size for ``none``).
 
     The same transform also takes a uint8 CHW tensor (on any device): torchvision's Resize/CenterCrop and timm's
     ResizeKeepRatio accept tensors, resizing with antialiasing, which is how ``--decode-on-device`` resizes.
+    ``preprocessing.border`` first cuts that many pixels from every side.
     """
+    transform = _resize_transform(preprocessing)
+    if preprocessing.border:
+        return tv_transforms.Compose([_CropBorder(preprocessing.border), transform])
+    return transform
+
+
+def _resize_transform(preprocessing: EvalPreprocessing) -> Callable[[Image.Image], torch.Tensor]:
     from timm.data import create_transform
     from timm.data.transforms import str_to_interp_mode
 
