@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='ImageNet-C resume file (default: beside --results-file)')
     group.add_argument('--save-every', type=int, default=50, metavar='N',
                        help='ImageNet-C: record finished folders for resuming every N batches')
+    group.add_argument('--human-data', default=None, metavar='DIR',
+                       help='cue-conflict, edges, silhouettes and model-vs-human sets: model-vs-human\'s raw-data/ '
+                            'folder; adds accuracy difference, observed and error consistency with the humans')
     group = parser.add_argument_group('running')
     group.add_argument('-b', '--batch-size', type=int, default=64)
     group.add_argument('-j', '--workers', type=int, default=None, help='loader processes (default: min(8, cores))')
@@ -145,7 +148,7 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
         channels_last=bool(args.channels_last), fuse=args.fuse, log_freq=args.log_freq,
         results_file=args.results_file or None, figure=args.figure or None, partial_results=args.partial_results,
         allow_partial=args.allow_partial, extra_corruptions=args.extra_corruptions, clean_error=args.clean_error,
-        group_sync_every=args.save_every,
+        group_sync_every=args.save_every, human_data=args.human_data,
     )
 
 

@@ -10,6 +10,7 @@ from .imagenet_r import ImageNetR
 from .imagenet_sketch import ImageNetSketch
 from .imagenet_v2 import ImageNetV2
 from .stylized_imagenet import StylizedImageNet
+from .model_vs_human.sets import SHAPE_AND_HUMAN_BENCHMARKS
 
 __all__ = ['BENCHMARKS', 'SUITE_ORDER', 'get_benchmark', 'Benchmark', 'ClassFolderBenchmark', 'DatasetLayoutError',
            'PreparedData', 'DEFAULT_DATASET']
@@ -18,9 +19,12 @@ BENCHMARKS: dict[str, Benchmark] = {benchmark.name: benchmark for benchmark in (
     ImageNet(), StylizedImageNet(), ImageNetC(), ImageNetR(), ImageNetSketch(), ImageNetA(), ImageNetV2(),
     ClassFolder(),
 )}
+# Shape bias and model-vs-human's human-comparison sets (cue-conflict, edges, silhouettes and 14 more), after the rest.
+BENCHMARKS.update({benchmark.name: benchmark for benchmark in SHAPE_AND_HUMAN_BENCHMARKS})
 # Clean ImageNet first: its error feeds ImageNet-C's relative mCE in the same run.
 SUITE_ORDER: tuple[str, ...] = ('imagenet', 'stylized-imagenet', 'imagenet-c', 'imagenet-r', 'imagenet-sketch',
                                 'imagenet-a', 'imagenet-v2')
+SUITE_ORDER += tuple(benchmark.name for benchmark in SHAPE_AND_HUMAN_BENCHMARKS)
 
 # What validate.py evaluates when neither --dataset nor the folder's layout or name says otherwise.
 DEFAULT_DATASET = 'imagenet'
