@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group('preprocessing (defaults: the model\'s cfg and the dataset\'s resize mode)')
     group.add_argument('--resize_mode', '--resize-mode', dest='resize_mode', choices=RESIZE_MODES, default=None,
                        help='resize_center_crop (ImageNet, -R, -A, -Sketch, -V2), none (Stylized-ImageNet, '
-                            'ImageNet-C: already 224x224), resize (squash to the input size)')
+                            'ImageNet-C, cue-conflict and the model-vs-human sets: already 224x224), resize (squash '
+                            'to the input size)')
     group.add_argument('--img-size', type=int, default=None, metavar='N', help='input image size')
     group.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'))
     group.add_argument('--crop-pct', type=float, default=None, help='center crop fraction (resize_center_crop)')
