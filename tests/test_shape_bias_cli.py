@@ -14,7 +14,7 @@ import pytest
 from dataset_trees import build_wnid_tree, class_color, register_color_model, save_color_checkpoint, write_image
 from robustcnn.benchmarks.model_vs_human import CATEGORIES, CATEGORY_CLASS_INDICES
 from robustcnn.benchmarks.model_vs_human.figure import draw_shape_bias
-from robustcnn.benchmarks.runner import ValidationRequest, find_suite_datasets, run_validation
+from robustcnn.benchmarks.runner import ValidationRequest, find_suite_datasets, infer_dataset, run_validation
 from robustcnn.engine.runtime import init_runtime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,6 +265,10 @@ def test_suite_finds_the_sets_and_keeps_sketch_and_stylized_apart(tmp_path: Path
     other = tmp_path / 'other'
     build_wnid_tree(other / 'sketch', {5: [5]})  # ImageNet-Sketch's own folder name and layout
     assert find_suite_datasets(request(other, checkpoint, suite=True)) == {'imagenet-sketch': other / 'sketch'}
+    # without --dataset, one folder: the layout decides the same way
+    assert infer_dataset(root / 'sketch')[0] == 'mvh-sketch' and infer_dataset(other / 'sketch')[0] == 'imagenet-sketch'
+    assert infer_dataset(root / 'sketch' / 'dnn')[0] == 'mvh-sketch'
+    assert infer_dataset(root / 'style-transfer-preprocessed-512')[0] == 'cue-conflict'
     results = tmp_path / 'suite.md'
     payload = run_validation(request(root, checkpoint, suite=True, results_file=str(results),
                                      figure=str(tmp_path / 'suite.png')), init_runtime('cpu'))
