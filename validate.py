@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group('preprocessing (defaults: the model\'s cfg and the dataset\'s resize mode)')
     group.add_argument('--resize_mode', '--resize-mode', dest='resize_mode', choices=RESIZE_MODES, default=None,
                        help='resize_center_crop (ImageNet, -R, -A, -Sketch, -V2), none (Stylized-ImageNet, '
-                            'ImageNet-C: already 224x224), resize (squash to the input size)')
+                            'ImageNet-C, cue-conflict and the model-vs-human sets: already 224x224), resize (squash '
+                            'to the input size)')
     group.add_argument('--img-size', type=int, default=None, metavar='N', help='input image size')
     group.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'))
     group.add_argument('--crop-pct', type=float, default=None, help='center crop fraction (resize_center_crop)')
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--objectnet-pooling', default='max', choices=('max', 'template'),
                        help='ObjectNet: max of the mapped logits over the 113 classes (wise-ft), or the 1000-way '
                             'top-1 mapped to ObjectNet classes (ObjectNet\'s template)')
+    group.add_argument('--human-data', default=None, metavar='DIR',
+                       help='cue-conflict, edges, silhouettes and model-vs-human sets: model-vs-human\'s raw-data/ '
+                            'folder; adds accuracy difference, observed and error consistency with the humans')
     group = parser.add_argument_group('running')
     group.add_argument('-b', '--batch-size', type=int, default=64)
     group.add_argument('-j', '--workers', type=int, default=None, help='loader processes (default: min(8, cores))')
@@ -155,6 +159,7 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
         allow_partial=args.allow_partial, extra_corruptions=args.extra_corruptions, clean_error=args.clean_error,
         group_sync_every=args.save_every,
         real_labels=args.real_labels, in_distribution=args.in_distribution, objectnet_pooling=args.objectnet_pooling,
+        human_data=args.human_data,
     )
 
 

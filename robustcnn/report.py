@@ -58,6 +58,12 @@ def _summary_fields(results: Mapping[str, Any]) -> list[str]:
     return fields
 
 
+def _table_values(dataset: str, metrics: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An entry's numbers for the tables: its fields, and what its set's ``summary`` derives (nested ones)."""
+    from .benchmarks import BENCHMARKS
+    return {**metrics, **BENCHMARKS[dataset].summary(metrics)} if dataset in BENCHMARKS else metrics
+
+
 def check_results_path(path: str | os.PathLike) -> Path:
     """Fail early (before any evaluation) on a results file type we cannot write."""
     path = Path(path)
@@ -127,6 +133,7 @@ def results_to_csv(payload: Mapping[str, Any]) -> str:
     writer.writerow(['model', 'checkpoint', 'dataset'] + fields)
     for dataset, metrics in payload.get('results', {}).items():
         row = [payload.get('model'), payload.get('checkpoint'), dataset]
+        metrics = _table_values(dataset, metrics)
         for name in fields:
             value = round_floats(metrics.get(name))
             row.append('' if value is None else value)
@@ -178,8 +185,9 @@ def results_to_markdown(payload: Mapping[str, Any]) -> str:
     titles = list(_SUMMARY_TITLES) + [name.replace('_', ' ') for name in fields[len(_SUMMARY_FIELDS):]]
     lines += ['## Per dataset', '', '| Dataset | ' + ' | '.join(titles) + ' |', '|---|' + '---:|' * len(titles)]
     for dataset, metrics in results.items():
+        values = _table_values(dataset, metrics)
         lines.append('| ' + ' | '.join([dataset] + [
-            format_cell(metrics.get(name), 4 if name == 'loss' else 2) for name in fields]) + ' |')
+            format_cell(values.get(name), 4 if name == 'loss' else 2) for name in fields]) + ' |')
     from .benchmarks import BENCHMARKS
     for dataset, metrics in results.items():
         if dataset in BENCHMARKS:
@@ -210,7 +218,10 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     corruption = results.get('imagenet-c')
     accuracies = [(name, entry['top1']) for name, entry in results.items()
                   if name != 'imagenet-c' and entry.get('top1') is not None and math.isfinite(entry['top1'])]
-    panels = int(bool(corruption and corruption.get('errors'))) + int(bool(accuracies))
+    from .benchmarks import BENCHMARKS
+    own_panels = [(name, entry) for name, entry in results.items()
+                  if name in BENCHMARKS and BENCHMARKS[name].has_figure_panel(entry)]
+    panels = int(bool(corruption and corruption.get('errors'))) + int(bool(accuracies)) + len(own_panels)
     if panels == 0:
         raise ValueError('nothing to plot: no ImageNet-C errors and no top-1 results')
     figure, axes = plt.subplots(1, panels, figsize=(7 * panels, 6), squeeze=False)
@@ -246,6 +257,8 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
         axis.set_ylabel('top-1 accuracy (%)')
         axis.set_title(f'{payload.get("model")}: top-1 across evaluation sets')
         axis.tick_params(axis='x', rotation=30)
+    for name, entry in own_panels:  # panels a set draws itself (Benchmark.draw_figure_panel)
+        BENCHMARKS[name].draw_figure_panel(axes.pop(0), entry, str(payload.get('model')))
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png', dpi=110)

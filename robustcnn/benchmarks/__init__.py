@@ -16,6 +16,7 @@ from .imagenet_c_bar import ImageNetCBar
 from .imagenet_o import ImageNetO
 from .imagenet_real import ImageNetReaL
 from .objectnet import ObjectNet
+from .model_vs_human.sets import SHAPE_AND_HUMAN_BENCHMARKS
 
 __all__ = ['BENCHMARKS', 'SUITE_ORDER', 'get_benchmark', 'Benchmark', 'ClassFolderBenchmark', 'DatasetLayoutError',
            'PreparedData', 'DEFAULT_DATASET']
@@ -26,10 +27,13 @@ BENCHMARKS: dict[str, Benchmark] = {benchmark.name: benchmark for benchmark in (
 )}
 BENCHMARKS.update({benchmark.name: benchmark for benchmark in (
     ImageNetCBar(), ImageNet3DCC(), ImageNetReaL(), ImageNetO(), ObjectNet())})
+# Shape bias and model-vs-human's human-comparison sets (cue-conflict, edges, silhouettes and 14 more), after the rest.
+BENCHMARKS.update({benchmark.name: benchmark for benchmark in SHAPE_AND_HUMAN_BENCHMARKS})
 # Clean ImageNet first: its error feeds ImageNet-C's relative mCE in the same run.
 SUITE_ORDER: tuple[str, ...] = ('imagenet', 'stylized-imagenet', 'imagenet-c', 'imagenet-r', 'imagenet-sketch',
                                 'imagenet-a', 'imagenet-v2')
 SUITE_ORDER += ('imagenet-c-bar', 'imagenet-3dcc', 'imagenet-real', 'objectnet', 'imagenet-o')
+SUITE_ORDER += tuple(benchmark.name for benchmark in SHAPE_AND_HUMAN_BENCHMARKS)
 
 # What validate.py evaluates when neither --dataset nor the folder's layout or name says otherwise.
 DEFAULT_DATASET = 'imagenet'

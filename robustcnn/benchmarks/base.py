@@ -124,6 +124,14 @@ class Benchmark:
         """Markdown lines of a set-specific section of the report (ImageNet-C's corruption table); none here."""
         return []
 
+    def has_figure_panel(self, entry: Mapping[str, Any]) -> bool:
+        """Whether the set draws a panel of its own in the report figure (cue-conflict's shape-bias plot)."""
+        return False
+
+    def draw_figure_panel(self, axis: Any, entry: Mapping[str, Any], model_name: str) -> None:
+        """Draw that panel on a matplotlib ``axis``."""
+        raise NotImplementedError
+
 
 class ClassFolderBenchmark(Benchmark):
     """``root/<class folder>/<images>`` where the folder names are the model's class names (ImageNet wnids)."""

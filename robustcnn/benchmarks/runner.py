@@ -75,6 +75,8 @@ class ValidationRequest:
     real_labels: str | None = None
     in_distribution: str | None = None
     objectnet_pooling: str = 'max'
+    # shape bias / model-vs-human sets: model-vs-human's raw-data/ folder (human trials) for the human-likeness metrics
+    human_data: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -112,6 +114,7 @@ def find_suite_datasets(request: ValidationRequest) -> dict[str, Path]:
         get_benchmark(name)
     children = {normalized_name(entry.name): entry for entry in sorted(root.iterdir()) if entry.is_dir()}
     found: dict[str, Path] = {}
+    claims: dict[Path, list[str]] = {}
     for name in SUITE_ORDER + tuple(name for name in wanted if name not in SUITE_ORDER):
         if name not in wanted:
             continue
@@ -121,7 +124,16 @@ def find_suite_datasets(request: ValidationRequest) -> dict[str, Path]:
         for folder_name in BENCHMARKS[name].suite_folder_names:
             if normalized_name(folder_name) in children:
                 found[name] = children[normalized_name(folder_name)]
+                claims.setdefault(found[name], []).append(name)
                 break
+    for folder, names in claims.items():
+        # A folder name two sets share (sketch/: ImageNet-Sketch's or model-vs-human's): the set whose own layout
+        # the folder has takes it, else the first in suite order.
+        if len(names) > 1:
+            owners = [name for name in names if BENCHMARKS[name].detect(folder, strong=True)] or names[:1]
+            for name in names:
+                if name not in owners:
+                    del found[name]
     missing = [name for name in wanted if name not in found]
     if request.suite_datasets and missing:
         raise DatasetLayoutError(f'suite: no folder for {", ".join(missing)} under {root} '

@@ -8,24 +8,31 @@ The stimuli are 224x224 already: the default preprocessing is normalization only
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from ...data.folder import IMAGE_EXTENSIONS, list_class_folders
 from ...data.label_space import LabelSpace
-from ..base import Benchmark, DatasetLayoutError, PreparedData
+from ..base import Benchmark, DatasetLayoutError, PreparedData, format_metric, normalized_name
 from .categories import CATEGORIES, SixteenClassReduce, category_index, check_imagenet_label_space
 from .experiments import MODEL_VS_HUMAN_SETS, PARAMETRIC_SETS, SetSpec
 from .filenames import canonical_condition, parse_cue_conflict_name, parse_session_name, short_image_name
-from .metrics import (HumanTrial, Trial, accuracy, decide, human_likeness, human_shape_bias, per_condition_accuracy,
-                      read_human_trials, shape_bias_results)
+from .metrics import (METRIC_NAMES, HumanTrial, Trial, accuracy, decide, human_likeness, human_shape_bias,
+                      per_condition_accuracy, read_human_trials, shape_bias_results)
+
+if TYPE_CHECKING:
+    from ..context import EvaluationContext
+    from ..runner import ValidationRequest
 
 __all__ = ['StimulusSet', 'SixteenClassBenchmark', 'CueConflict', 'Edges', 'Silhouettes', 'SessionSet',
-           'PARAMETRIC_BENCHMARKS', 'SKETCH', 'STYLIZED']
+           'PARAMETRIC_BENCHMARKS', 'SKETCH', 'STYLIZED', 'SHAPE_AND_HUMAN_BENCHMARKS', 'human_summary']
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +41,12 @@ class StimulusSet(PreparedData):
 
     trials: list[Trial] = field(default_factory=list)
     human_trials: list[HumanTrial] | None = None
+
+
+def human_summary(entry: Mapping[str, Any]) -> dict[str, float | None]:
+    """The human-likeness numbers of an entry scored with --human-data, for the report tables (none without)."""
+    likeness = entry.get('human_likeness')
+    return {name: likeness.get(name) for name in METRIC_NAMES} if likeness else {}
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -66,7 +79,8 @@ class SixteenClassBenchmark(Benchmark):
     def scan(self, root: Path) -> list[tuple[Path, Trial]]:
         raise NotImplementedError
 
-    def prepare(self, data_dir: str | os.PathLike, label_space: LabelSpace, request: Any = None) -> StimulusSet:
+    def prepare(self, data_dir: str | os.PathLike, label_space: LabelSpace,
+                request: ValidationRequest | None = None) -> StimulusSet:
         """Parse every file name and read the human data (``request.human_data``) before the model loads."""
         check_imagenet_label_space(label_space, self.title)
         root = self.image_root(data_dir)
@@ -76,22 +90,29 @@ class SixteenClassBenchmark(Benchmark):
             raise DatasetLayoutError(f'{self.title}: {error}') from None
         if not scanned:
             raise DatasetLayoutError(f'no {self.title} images under {root}; {self.layout_hint}')
-        human_data = getattr(request, 'human_data', None)
+        human_data = request.human_data if request is not None else None
         return StimulusSet(
             benchmark=self.name, root=root,
             samples=[(str(path), category_index(trial.category)) for path, trial in scanned],
-            trials=[trial for _, trial in scanned],
+            trials=[trial for _, trial in scanned], label_space=label_space,
             human_trials=read_human_trials(human_data, self.spec) if human_data else None,
         )
 
-    def score(self, context: Any, prepared: StimulusSet) -> dict[str, Any]:
+    def score(self, context: EvaluationContext, prepared: StimulusSet) -> dict[str, Any]:
+        """Every image's 16 category probabilities (reduced on the device), then the set's metrics."""
         preprocessing = context.preprocessing(self)
+        _logger.info('%s: %d images from %s, preprocessing %s, 16-class decision by mean probability', self.name,
+                     len(prepared.samples), prepared.root, preprocessing)
         predictions = context.predict(prepared, preprocessing, self.name, reduce=SixteenClassReduce())
         entry = self.results(prepared, predictions.outputs.numpy(), predictions.scored.numpy())
         skipped = predictions.skipped_files
         entry['skipped_files'] = skipped if isinstance(skipped, int) else len(skipped)
         entry['preprocessing'] = context.preprocessing_record(preprocessing)
         entry['elapsed_seconds'] = predictions.elapsed_seconds
+        _logger.info('%s: %s over %d images (%d skipped files)', self.name,
+                     ', '.join(f'{name} {format_metric(value, 3 if name in METRIC_NAMES else 2)}'
+                               for name, value in self.summary(entry).items()),
+                     entry['num_samples'], entry['skipped_files'])
         return entry
 
     def results(self, prepared: StimulusSet, probabilities: np.ndarray,
@@ -112,8 +133,8 @@ class SixteenClassBenchmark(Benchmark):
         top1 = accuracy(decisions, [trial.category for trial in trials])
         return {'top1': top1, 'ood_accuracy': top1, 'num_samples': len(trials)}
 
-    def summary(self, entry: dict[str, Any]) -> dict[str, float | None]:
-        return {'top1': entry.get('top1')}
+    def summary(self, entry: Mapping[str, Any]) -> dict[str, float | None]:
+        return {'top1': entry.get('top1'), **human_summary(entry)}
 
 
 class _CategoryFolderSet(SixteenClassBenchmark):
@@ -151,6 +172,23 @@ class CueConflict(_CategoryFolderSet):
     image_subfolders = ('style-transfer-preprocessed-512', 'cue-conflict')
     layout_hint = 'expected <shape category>/<shape><n>-<texture><m>.png (style-transfer-preprocessed-512)'
     spec = MODEL_VS_HUMAN_SETS['cue-conflict']
+    headline_metric = 'shape_bias'
+
+    def detect(self, root: Path, strong: bool) -> str | None:
+        """Category folders whose first file is named ``<shape><n>-<texture><m>.png``: a layout of its own."""
+        if not strong:
+            return None
+        folder = next((root / name for name in self.image_subfolders if (root / name).is_dir()), root)
+        for category in CATEGORIES:
+            files = sorted(path.name for path in _image_files(folder / category))[:1] \
+                if (folder / category).is_dir() else []
+            if files:
+                try:
+                    parse_cue_conflict_name(category, files[0])
+                except ValueError:
+                    return None
+                return 'cue-conflict file names (<shape><n>-<texture><m>.png)'
+        return None
 
     def trial(self, folder: str, path: Path) -> Trial:
         name = parse_cue_conflict_name(folder, path.name)
@@ -168,8 +206,36 @@ class CueConflict(_CategoryFolderSet):
             entry['humans'] = {name: humans[name] for name in ('shape_bias', 'per_category', 'num_trials')}
         return entry
 
-    def summary(self, entry: dict[str, Any]) -> dict[str, float | None]:
-        return {name: entry.get(name) for name in ('shape_bias', 'shape_match', 'texture_match')}
+    def report_details(self, entry: Mapping[str, Any]) -> list[str]:
+        """Shape bias per shape category (the figure's points), the model's beside the humans' when given."""
+        from ...report import format_cell
+        per_category = entry.get('per_category')
+        if not per_category:
+            return []
+        humans = (entry.get('humans') or {}).get('per_category') or {}
+        lines = ['', '## Cue-conflict shape bias by category (percent shape among shape + texture decisions)', '',
+                 '| Category | model |' + (' humans |' if humans else ''), '|---|---:|' + ('---:|' if humans else '')]
+        for category, value in per_category.items():
+            lines.append(f'| {category} | {format_cell(value)} |' + (f' {format_cell(humans.get(category))} |'
+                                                                   if humans else ''))
+        lines += ['', f'{entry.get("num_samples")} conflict images scored, {entry.get("num_excluded")} without a '
+                      f'conflict (shape = texture) left out; over all {entry.get("num_trials")} trials, shape '
+                      f'decisions {format_cell(entry.get("shape_match_of_all_trials"))}%, texture decisions '
+                      f'{format_cell(entry.get("texture_match_of_all_trials"))}% (model-vs-human\'s fractions).']
+        return lines
+
+    def has_figure_panel(self, entry: Mapping[str, Any]) -> bool:
+        return bool(entry.get('per_category'))
+
+    def draw_figure_panel(self, axis: Any, entry: Mapping[str, Any], model_name: str) -> None:
+        from .figure import draw_shape_bias
+        draw_shape_bias(axis, entry, model_name)
+
+    def summary(self, entry: Mapping[str, Any]) -> dict[str, float | None]:
+        numbers = {name: entry.get(name) for name in ('shape_bias', 'shape_match', 'texture_match')}
+        if entry.get('humans'):
+            numbers['human_shape_bias'] = entry['humans'].get('shape_bias')
+        return {**numbers, **human_summary(entry)}
 
 
 class Edges(_CategoryFolderSet):
@@ -199,6 +265,7 @@ class SessionSet(SixteenClassBenchmark):
     """
 
     layout_hint = 'expected dnn/session-1/<trial>_<set>_dnn_<condition>_<category>_<xx>_<image> (model-vs-human)'
+    headline_metric = 'ood_accuracy'
 
     def __init__(self, spec: SetSpec, name: str | None = None, title: str | None = None) -> None:
         self.spec = spec
@@ -211,6 +278,18 @@ class SessionSet(SixteenClassBenchmark):
     def image_root(self, data_dir: str | os.PathLike) -> Path:
         root = self.check_exists(data_dir)
         return root / 'dnn' if (root / 'dnn').is_dir() else root
+
+    def detect(self, root: Path, strong: bool) -> str | None:
+        """``<set>/dnn/session-N/`` under this set's folder name: model-vs-human's own layout, and the only way to
+        tell its ``sketch/`` and ``stylized/`` from ImageNet-Sketch's and Stylized-ImageNet's folders."""
+        if not strong:
+            return None
+        folder = root if root.name == 'dnn' else root / 'dnn'
+        if normalized_name(folder.parent.name) not in {normalized_name(name) for name in self.suite_folder_names}:
+            return None
+        if folder.is_dir() and any(entry.is_dir() and entry.name.startswith('session-') for entry in folder.iterdir()):
+            return f'model-vs-human {self.spec.name}/dnn/session-N folders'
+        return None
 
     def scan(self, root: Path) -> list[tuple[Path, Trial]]:
         sessions = list_class_folders(root)
@@ -242,11 +321,38 @@ class SessionSet(SixteenClassBenchmark):
             entry['excluded_conditions'] = list(self.spec.excluded_conditions)
         return entry
 
-    def summary(self, entry: dict[str, Any]) -> dict[str, float | None]:
-        return {'ood_accuracy': entry.get('ood_accuracy'), 'top1': entry.get('top1')}
+    def summary(self, entry: Mapping[str, Any]) -> dict[str, float | None]:
+        return {'ood_accuracy': entry.get('ood_accuracy'), 'top1': entry.get('top1'), **human_summary(entry)}
+
+    def report_details(self, entry: Mapping[str, Any]) -> list[str]:
+        """Accuracy per condition (model-vs-human's accuracy plots), with the human-likeness numbers when given."""
+        from ...report import format_cell
+        per_condition = entry.get('per_condition')
+        if not per_condition:
+            return []
+        likeness = (entry.get('human_likeness') or {}).get('per_condition') or {}
+        labels = dict(zip(self.spec.conditions, self.spec.condition_labels))
+        header = f'| {self.spec.condition_axis} | condition | 16-class top-1 | in OOD accuracy |'
+        rule = '|---|---|---:|---|'
+        if likeness:
+            header += ' accuracy difference | observed consistency | error consistency |'
+            rule += '---:|---:|---:|'
+        lines = ['', f'## {self.title}: accuracy by condition (percent)', '', header, rule]
+        excluded = set(entry.get('excluded_conditions') or ())
+        for condition, value in per_condition.items():
+            cells = [labels.get(condition, condition), condition, format_cell(value),
+                     'no' if condition in excluded else 'yes']
+            if likeness:
+                cells += [format_cell((likeness.get(condition) or {}).get(name), 3) for name in METRIC_NAMES]
+            lines.append('| ' + ' | '.join(cells) + ' |')
+        return lines
 
 
 PARAMETRIC_BENCHMARKS: tuple[SessionSet, ...] = tuple(SessionSet(spec) for spec in PARAMETRIC_SETS)
-# Named apart from ImageNet-Sketch and Stylized-ImageNet, whose suite folder names include 'sketch' and 'stylized'.
+# Named apart from ImageNet-Sketch and Stylized-ImageNet, which also own the folder names 'sketch' and 'stylized'
+# (the suite gives such a folder to the set whose layout it has: dnn/session-N is model-vs-human's).
 SKETCH = SessionSet(MODEL_VS_HUMAN_SETS['sketch'], name='mvh-sketch', title='model-vs-human sketch')
 STYLIZED = SessionSet(MODEL_VS_HUMAN_SETS['stylized'], name='mvh-stylized', title='model-vs-human stylized')
+# Every set of this package, in the order the suite scores them (model-vs-human's table order).
+SHAPE_AND_HUMAN_BENCHMARKS: tuple[SixteenClassBenchmark, ...] = (
+    Edges(), Silhouettes(), CueConflict(), *PARAMETRIC_BENCHMARKS, SKETCH, STYLIZED)
