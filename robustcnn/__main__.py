@@ -4,6 +4,7 @@
     robustcnn models [--params]        the same, optionally with parameter counts
     robustcnn convert CKPT OUT.safetensors [--use-ema]
     robustcnn demo [DEMO OPTIONS]      the synthetic shape-vs-texture demo (same as scripts/demo.py)
+    robustcnn speed [SPEED OPTIONS]    throughput, pipeline speed, the GPU device check (same as scripts/speed.py)
 """
 from __future__ import annotations
 
@@ -68,11 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     converter.add_argument('--use-ema', action='store_true', help='take the EMA weights (state_dict_ema)')
     commands.add_parser('demo', add_help=False, help='train and evaluate on the synthetic robustness benchmark '
                         '(scripts/demo.py; `robustcnn demo --help` lists its options)')
+    commands.add_parser('speed', add_help=False, help='throughput and pipeline speed, the GPU device check '
+                        '(scripts/speed.py; `robustcnn speed --help` lists its options)')
     parser.add_argument('--params', action='store_true', help=argparse.SUPPRESS)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ['demo']:  # everything after the word is the demo's own command line
         from .synthetic.demo import main as demo_main
         return demo_main(argv[1:])
+    if argv[:1] == ['speed']:  # likewise the speed tool's
+        from .speed.cli import main as speed_main
+        return speed_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == 'convert':
         return convert(args.checkpoint, args.output, args.use_ema)
