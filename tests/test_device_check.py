@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shlex
@@ -121,6 +122,25 @@ def test_what_does_not_fit_the_budget_is_reported_as_skipped(tmp_path: Path, cap
     assert payload['parts']['headline']['status'] == 'skipped'
     assert payload['parts']['cuda-tests']['status'] == 'skipped'
     assert markdown in capsys.readouterr().out
+
+
+def test_the_hard_stop_cuts_the_running_part_short_and_reports_the_rest(tmp_path: Path) -> None:
+    """The timer that ends a run whose measurement overran: what ran is kept, nothing planned goes missing."""
+    plan = dataclasses.replace(plan_for('cpu', quick=True, budget_s=0.3), first_measurement_guess_s=0.0)
+    report = device_check.run_device_check(plan, tmp_path, grace_s=0.0)  # every row "fits", none can finish
+    payload, rows, markdown = _load(tmp_path)
+    statuses = {name: part['status'] for name, part in payload['parts'].items()}
+    assert list(statuses) == ['headline', 'cuda-tests', 'throughput', 'imagenet-c', 'compile']
+    assert 'cut short' in statuses.values()
+    after_stop = list(statuses.values())[list(statuses.values()).index('cut short') + 1:]
+    assert after_stop and set(after_stop) == {'skipped'}
+    planned = {(model, mode, variant) for model in (*plan.robust_models, *plan.reference_models)
+               for mode in ('train', 'infer') for variant in (*plan.variants, 'compile')}
+    assert sorted((row['model'], row['mode'], row['variant']) for row in payload['throughput']) == sorted(planned)
+    assert any('hard time limit' in (row['skipped'] or '') for row in payload['throughput'])
+    assert [entry['decode'] for entry in payload['imagenet_c']] == ['workers-decode', 'decode-on-device']
+    assert len(rows) == len(planned) + 2 and 'cut short (the run reached its hard time limit' in markdown
+    assert report.tests['status'] in ('skipped', 'timed out')
 
 
 def test_cuda_tests_that_do_not_finish_in_time_count_as_not_passed(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@
 5. the same throughput with torch.compile, as far as the time left allows (compilation is the slow part).
 
 Each part has a budget; a measurement that would not fit in what is left is not started, and appears in every
-output as skipped with the reason (never silently missing). OUT_DIR receives ``device_check.json`` (everything),
+output as skipped with the reason (never silently missing). A timer 30 s after the budget stops a measurement
+that overran anyway (the part is reported cut short). OUT_DIR receives ``device_check.json`` (everything),
 ``device_check.csv`` (one row per measurement) and ``device_check.md`` (the tables to paste into BENCHMARKS.md),
 rewritten after every part so that an interrupted run still leaves what it measured. The exit status is 1 when
 any CUDA test failed or did not finish, else 0; a failed measurement (say, out of memory) is a row, not an exit.
@@ -23,21 +24,24 @@ any CUDA test failed or did not finish, else 0; a failed measurement (say, out o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import logging
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..checkpoint import atomic_write_text
 from ..cli import OneLineErrorParser, UsageError, setup_logging
@@ -472,9 +476,42 @@ def write_outputs(report: CheckReport, out_dir: Path) -> str:
 
 # --------------------------------------------------------------------------------------------------------- run
 
-def run_device_check(plan: CheckPlan, out_dir: Path, tests_args: Sequence[str] | None = None) -> CheckReport:
-    """Run every part that fits (see the module docstring) and write the outputs after each one."""
-    from .throughput import add_reference_ratios, machine_info
+class BudgetExceeded(BaseException):
+    """The hard stop: raised by a timer where the run stands when the budget (plus a grace) has run out.
+
+    A BaseException, so that a measurement's ``except Exception`` does not record it as one failed row; the check
+    catches it, reports what was not done, and writes its files.
+    """
+
+
+@contextlib.contextmanager
+def _hard_stop(seconds: float, reason: str) -> Iterator[None]:
+    """Raise :class:`BudgetExceeded` after ``seconds`` (main thread, POSIX; elsewhere only the soft checks)."""
+    if not hasattr(signal, 'setitimer') or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise BudgetExceeded(reason)
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_device_check(plan: CheckPlan, out_dir: Path, tests_args: Sequence[str] | None = None,
+                     grace_s: float = 30.0) -> CheckReport:
+    """Run every part that fits (see the module docstring), writing the outputs after every row and part.
+
+    Before each measurement the time it is expected to take is checked against what is left (the soft budget);
+    ``grace_s`` after the budget a timer stops whatever still runs (a compilation that took far longer than the
+    one before it), and the rows and parts not done are reported as such.
+    """
+    from .throughput import add_reference_ratios, machine_info, skipped_result
 
     clock = _Clock(plan.budget_s)
     report = CheckReport(plan=asdict(plan))
@@ -485,21 +522,26 @@ def run_device_check(plan: CheckPlan, out_dir: Path, tests_args: Sequence[str] |
     estimates = _Estimates(plan)
     rows = _throughput_plan(plan)
 
-    def progress(result: Any) -> None:
-        state = (f'skipped: {result.skipped}' if result.skipped else f'error: {result.error}' if result.error
-                 else f'{result.images_per_second:.1f} img/s, {result.step_ms:.1f} ms/step'
-                      + (f', peak {result.peak_memory_mib:.0f} MiB' if result.peak_memory_mib is not None else ''))
-        print(f'[{clock.elapsed():5.0f} s] {result.model} {result.mode} {result.variant}: {state}', flush=True)
-
-    def finish_part(name: str, status: str, note: str = '', **extra: Any) -> None:
-        report.parts[name] = {'status': status, 'note': note, **extra}
+    def save() -> None:
         add_reference_ratios(report.throughput, plan.reference_models)
         report.headline = headline_ratio(report.throughput, *plan.headline_pair, plan.headline_variant)
         report.seconds = clock.elapsed()
         write_outputs(report, out_dir)
 
+    def progress(result: Any) -> None:
+        state = (f'skipped: {result.skipped}' if result.skipped else f'error: {result.error}' if result.error
+                 else f'{result.images_per_second:.1f} img/s, {result.step_ms:.1f} ms/step'
+                      + (f', peak {result.peak_memory_mib:.0f} MiB' if result.peak_memory_mib is not None else ''))
+        print(f'[{clock.elapsed():5.0f} s] {result.model} {result.mode} {result.variant}: {state}', flush=True)
+        save()
+
+    def finish_part(name: str, status: str, note: str = '', **extra: Any) -> None:
+        report.parts[name] = {'status': status, 'note': note, **extra}
+        save()
+
     def throughput_part(name: str, part_rows: Sequence[tuple[str, str, str]], budget_s: float) -> None:
         clock.begin_part(budget_s)
+        report.parts[name] = {'status': 'running'}
         started = time.perf_counter()
         counts = _measure_rows(plan, part_rows, clock, estimates, report, progress)
         status = 'done' if not counts['skipped'] else 'partly skipped' if counts['measured'] else 'skipped'
@@ -507,17 +549,17 @@ def run_device_check(plan: CheckPlan, out_dir: Path, tests_args: Sequence[str] |
             else ''
         finish_part(name, status, note, seconds=round(time.perf_counter() - started, 1), **counts)
 
-    throughput_part('headline', rows[:2], plan.headline_budget_s)
-
-    if tests_args is None and plan.tests_budget_s is None:
-        report.tests = {'status': 'skipped', 'note': '--quick: run `python -m pytest -m cuda` or the full check'}
-        finish_part('cuda-tests', 'skipped', report.tests['note'])
-    elif not (REPO / 'tests').is_dir():
-        report.tests = {'status': 'skipped', 'note': f'no tests/ directory in {REPO}: run from a checkout'}
-        finish_part('cuda-tests', 'skipped', report.tests['note'])
-    else:
-        budget = plan.tests_budget_s or 120.0
-        clock.begin_part(budget)
+    def tests_part() -> None:
+        if tests_args is None and plan.tests_budget_s is None:
+            report.tests = {'status': 'skipped', 'note': '--quick: run `python -m pytest -m cuda` or the full check'}
+            finish_part('cuda-tests', 'skipped', report.tests['note'])
+            return
+        if not (REPO / 'tests').is_dir():
+            report.tests = {'status': 'skipped', 'note': f'no tests/ directory in {REPO}: run from a checkout'}
+            finish_part('cuda-tests', 'skipped', report.tests['note'])
+            return
+        clock.begin_part(plan.tests_budget_s or 120.0)
+        report.parts['cuda-tests'] = {'status': 'running'}
         print(f'[{clock.elapsed():5.0f} s] python -m pytest -m cuda (up to {clock.left():.0f} s)...', flush=True)
         report.tests = run_cuda_tests(plan.device, clock.left(), out_dir, list(tests_args or []))
         print(f"[{clock.elapsed():5.0f} s] CUDA tests: {report.tests['status']} ({report.tests.get('passed', 0)} "
@@ -525,34 +567,81 @@ def run_device_check(plan: CheckPlan, out_dir: Path, tests_args: Sequence[str] |
         finish_part('cuda-tests', 'done' if report.tests['status'] in ('passed', 'failed') else report.tests['status'],
                     report.tests.get('note', ''))
 
-    compiled_rows = [row for row in rows[2:] if 'compile' in row[2]]
-    throughput_part('throughput', [row for row in rows[2:] if 'compile' not in row[2]], plan.throughput_budget_s)
-
-    clock.begin_part(plan.pipeline_budget_s)
-    started = time.perf_counter()
-    try:
-        pipeline = _run_pipeline(plan, clock, report)
+    def pipeline_part() -> None:
+        clock.begin_part(plan.pipeline_budget_s)
+        report.parts['imagenet-c'] = {'status': 'running'}
+        started = time.perf_counter()
+        try:
+            pipeline = _run_pipeline(plan, clock, report)
+        except Exception as failure:  # noqa: BLE001 - the tree or checkpoint could not be made: report, go on
+            _logger.warning('ImageNet-C pipeline part failed', exc_info=True)
+            finish_part('imagenet-c', 'failed', (str(failure).strip().splitlines() or [type(failure).__name__])[0])
+            return
         incomplete = [entry for entry in report.pipeline if 'seconds' not in entry]
         note = '; '.join(f"{entry['decode']}: {entry.get('error') or entry.get('skipped')}" for entry in incomplete)
         finish_part('imagenet-c', 'done' if not incomplete else 'partly skipped', note,
                     seconds=round(time.perf_counter() - started, 1), **pipeline)
-    except Exception as failure:  # noqa: BLE001 - the tree or checkpoint could not be made: report, go on
-        _logger.warning('ImageNet-C pipeline part failed', exc_info=True)
-        finish_part('imagenet-c', 'failed', (str(failure).strip().splitlines() or [type(failure).__name__])[0][:300])
 
-    if plan.compile_variant is None:
-        from .throughput import skipped_result
+    def compile_part() -> None:
+        if plan.compile_variant is not None:
+            throughput_part('compile', [row for row in rows[2:] if 'compile' in row[2]],
+                            clock.deadline - time.perf_counter())
+            return
         variant = 'amp+channels_last+compile' if plan.device == 'cuda' else 'compile'
         for model in list(plan.robust_models) + list(plan.reference_models):
             for mode in ('train', 'infer'):
                 report.throughput.append(skipped_result(_settings(plan, model, mode, variant),
                                                         '--quick: compilation does not fit'))
         finish_part('compile', 'skipped', '--quick: compilation does not fit')
-    else:
-        throughput_part('compile', compiled_rows, clock.deadline - time.perf_counter())
-    report.seconds = clock.elapsed()
-    write_outputs(report, out_dir)
+
+    parts: list[tuple[str, Callable[[], None]]] = [
+        ('headline', lambda: throughput_part('headline', rows[:2], plan.headline_budget_s)),
+        ('cuda-tests', tests_part),
+        ('throughput', lambda: throughput_part('throughput', [row for row in rows[2:] if 'compile' not in row[2]],
+                                               plan.throughput_budget_s)),
+        ('imagenet-c', pipeline_part),
+        ('compile', compile_part),
+    ]
+    try:
+        limit = plan.budget_s + grace_s
+        with _hard_stop(limit - clock.elapsed(), f'the run reached its hard time limit (budget + {grace_s:.0f} s)'):
+            for _, part in parts:
+                part()
+    except BudgetExceeded as stop:
+        _report_cut_short(report, plan, rows, [name for name, _ in parts], str(stop))
+    save()
     return report
+
+
+def _report_cut_short(report: CheckReport, plan: CheckPlan, rows: Sequence[tuple[str, str, str]],
+                      part_names: Sequence[str], reason: str) -> None:
+    """After the hard stop: the part that was running is cut short, later parts and unmeasured rows are skipped."""
+    from .throughput import skipped_result
+    print(f'{reason}: stopping', flush=True)
+    for name in part_names:
+        part = report.parts.get(name)
+        if part is None:
+            report.parts[name] = {'status': 'skipped', 'note': reason}
+        elif part['status'] == 'running':
+            report.parts[name] = {'status': 'cut short', 'note': reason}
+    if report.parts['cuda-tests']['status'] == 'cut short':
+        report.tests = {'status': 'timed out', 'note': reason}
+    elif not report.tests:
+        report.tests = {'status': 'skipped', 'note': reason}
+    done = {(result.model, result.mode, result.variant) for result in report.throughput}
+    if plan.compile_variant is None:
+        variant = 'amp+channels_last+compile' if plan.device == 'cuda' else 'compile'
+        rows = [*rows, *((model, mode, variant) for model in (*plan.robust_models, *plan.reference_models)
+                         for mode in ('train', 'infer'))]
+    for model, mode, variant in rows:
+        if (model, mode, variant) not in done:
+            report.throughput.append(skipped_result(_settings(plan, model, mode, variant), reason))
+    decoded = {entry['decode'] for entry in report.pipeline}
+    for label in ('workers-decode', 'decode-on-device'):
+        if label not in decoded:
+            report.pipeline.append({'model': plan.pipeline_model, 'decode': label, 'device': plan.device,
+                                    'workers': plan.pipeline_workers, 'batch_size': plan.pipeline_batch_size,
+                                    'img_size': plan.pipeline_image_size, 'skipped': reason})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -577,15 +666,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UsageError(f'{args.out_dir} exists and is not a directory; give a directory for the outputs')
     import torch
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        raise UsageError('--device cuda: no CUDA GPU is visible; use --device cpu to check the check on a CPU')
+
+    from ..engine.runtime import resolve_device_kind
+    try:
+        resolve_device_kind(args.device)
+    except RuntimeError as error:  # no GPU visible
+        raise UsageError(str(error)) from None
     setup_logging(False)  # warnings only: the progress lines and the table are the output
-    if args.device == 'cpu':  # checking the check, not measuring a CPU: one thread suffers least on a shared machine
-        torch.set_num_threads(1)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan_for(args.device, args.quick, args.budget)
     tests_args = shlex.split(args.tests) if args.tests is not None else None
-    report = run_device_check(plan, args.out_dir, tests_args)
+    threads = torch.get_num_threads()
+    if args.device == 'cpu':  # checking the check, not measuring a CPU: one thread suffers least on a shared machine
+        torch.set_num_threads(1)
+    try:
+        report = run_device_check(plan, args.out_dir, tests_args)
+    finally:
+        torch.set_num_threads(threads)
     sys.stdout.write('\n' + format_markdown(report))
     print(f"outputs: {', '.join(str(args.out_dir / name) for name in OUTPUT_FILES)}", flush=True)
     return 1 if report.tests.get('status') in ('failed', 'timed out') else 0

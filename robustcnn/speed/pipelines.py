@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cli import UsageError
+from ..engine.runtime import resolve_device_kind
 from ..models.fuse import fuse_for_inference
 from .throughput import machine_info
 
@@ -206,8 +207,10 @@ def _imagenet_c_parser() -> argparse.ArgumentParser:
 
 def _imagenet_c_main(argv: Sequence[str]) -> int:
     args = _imagenet_c_parser().parse_args(argv)
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        raise UsageError('--device cuda: no CUDA device is visible')
+    try:
+        resolve_device_kind(args.device)
+    except RuntimeError as error:  # no GPU visible
+        raise UsageError(str(error)) from None
     try:
         worker_counts = [int(value) for value in args.workers.split(',') if value.strip()]
     except ValueError:
