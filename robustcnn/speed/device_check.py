@@ -365,6 +365,19 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return '-' if value is None else f'{value:.{digits}f}' if isinstance(value, float) else str(value)
 
 
+def _table_order(results: Sequence[Any], plan: dict[str, Any]) -> list[Any]:
+    """Rows as a reader compares them: training then inference, variant by variant, models in the plan's order
+    (the run measures in order of value instead)."""
+    models = [*plan['robust_models'], *plan['reference_models']]
+    variants = [*plan['variants'], *([plan['compile_variant']] if plan['compile_variant'] else [])]
+
+    def position(values: list[str], value: str) -> int:
+        return values.index(value) if value in values else len(values)
+
+    return sorted(results, key=lambda result: (result.mode != 'train', position(variants, result.variant),
+                                               position(models, result.model)))
+
+
 def format_markdown(report: CheckReport) -> str:
     """The section to paste into BENCHMARKS.md: machine, test result, headline, both tables, what was skipped."""
     from .throughput import format_table
@@ -402,7 +415,7 @@ def format_markdown(report: CheckReport) -> str:
     lines += ['', f"#### Throughput (batch {plan['batch_size']}, {plan['img_size']}x{plan['img_size']}, median of "
               f"{plan['repeats']} blocks of {plan['iterations']} steps after {plan['warmup']} warm-up steps; peak "
               f"memory from `torch.cuda.max_memory_allocated`)", '',
-              format_table(report.throughput, list(plan['reference_models'])).rstrip('\n'), '']
+              format_table(_table_order(report.throughput, plan), list(plan['reference_models'])).rstrip('\n'), '']
     pipeline = report.parts.get('imagenet-c', {})
     lines += [f"#### ImageNet-C pipeline (validate.py on a generated tree: {pipeline.get('num_images', '?')} noise "
               f"JPEGs of {plan['pipeline_image_size']} px, {plan['pipeline_model']}, batch "
