@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from robustcnn.speed import device_check
 from robustcnn.speed.device_check import OUTPUT_FILES, plan_for, run_cuda_tests
@@ -157,6 +158,10 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path) -> None:
                           (['--device', 'tpu', str(tmp_path)], "invalid choice: 'tpu'")):
         with pytest.raises(device_check.UsageError, match=message):
             device_check.main(argv)
+    if not torch.cuda.is_available():  # the default device: refused in one line, before anything runs
+        with pytest.raises(device_check.UsageError, match='no CUDA GPU is visible; --device cpu checks the check'):
+            device_check.main([str(tmp_path / 'out')])
+        assert not (tmp_path / 'out').exists()
 
 
 def _documented_commands(document: str, prefix: str) -> list[list[str]]:
