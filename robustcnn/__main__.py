@@ -7,6 +7,7 @@
     robustcnn download NAME... [--url URL] [--force]   the released weights, into the cache timm then reads
     robustcnn demo [DEMO OPTIONS]      the synthetic shape-vs-texture demo (same as scripts/demo.py)
     robustcnn study [STUDY OPTIONS]    a grid of models and design knobs on one benchmark (scripts/study.py)
+    robustcnn speed [SPEED OPTIONS]    throughput, pipeline speed, the GPU device check (same as scripts/speed.py)
 """
 from __future__ import annotations
 
@@ -117,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         '(scripts/demo.py; `robustcnn demo --help` lists its options)')
     commands.add_parser('study', add_help=False, help='compare models and design knobs over seeds on one benchmark '
                         '(scripts/study.py; `robustcnn study --help` lists its options)')
+    commands.add_parser('speed', add_help=False, help='throughput and pipeline speed, the GPU device check '
+                        '(scripts/speed.py; `robustcnn speed --help` lists its options)')
     parser.add_argument('--params', action='store_true', help=argparse.SUPPRESS)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ['demo']:  # everything after the word is the demo's own command line
@@ -125,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ['study']:  # the same for the study
         from .study import main as study_main
         return study_main(argv[1:])
+    if argv[:1] == ['speed']:  # likewise the speed tool's
+        from .speed.cli import main as speed_main
+        return speed_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == 'convert':
         return convert(args.checkpoint, args.output, args.use_ema)

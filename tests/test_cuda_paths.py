@@ -1,4 +1,5 @@
-"""The CUDA paths: bf16/float16 autocast training, channels-last, fusion and torch.compile, nvJPEG decoding.
+"""The CUDA paths: bf16/float16 autocast training, channels-last, fusion and torch.compile, nvJPEG decoding, and
+the rows of the GPU device check (scripts/device_check.sh).
 
 They run wherever a GPU is visible and are skipped elsewhere (CI has none): `python -m pytest -m cuda` on a GPU
 machine is the check to make before trusting the CUDA numbers. `ROBUSTCNN_TEST_DEVICE=cpu` runs the same tests
@@ -139,3 +140,53 @@ def test_validate_on_the_device_counts_like_the_cpu(tmp_path: Path) -> None:
             entries[device, bool(flags)] = json.loads(results.read_text())['results']['imagenet']
     assert {key: (entry['top1'], entry['num_samples']) for key, entry in entries.items()} == {
         key: (80.0, 5) for key in entries}
+
+
+def test_speed_rows_of_the_device_check_on_the_device() -> None:
+    """Every throughput row the device check takes on a GPU: train and infer, each variant (compiled training too),
+    device-generated batches, peak memory on CUDA; one failing row (out of memory) is recorded, not raised."""
+    from robustcnn.speed.device_check import plan_for
+    from robustcnn.speed.throughput import SpeedSettings, machine_info, measure_model, parse_variant
+
+    plan = plan_for('cuda', quick=False)
+    for variant in (*plan.variants, plan.compile_variant):
+        for mode in ('train', 'infer'):  # inference rows are fused, and compiled fused
+            result = measure_model(SpeedSettings(
+                model='robust_resnet_dw_pico', mode=mode, variant=variant, device=DEVICE,
+                batch_size=4 if ON_CUDA else 2, img_size=64 if ON_CUDA else 32,
+                warmup=2, iterations=1, repeats=2, compile_backend='inductor' if ON_CUDA else 'aot_eager',
+                **parse_variant(variant)))
+            assert result.error is None and result.images_per_second > 0, (mode, variant, result.error)
+            assert (result.peak_memory_mib is not None and result.peak_memory_mib > 0) is ON_CUDA
+            assert result.warmup_s is not None and len(result.step_ms_all) == 2
+    if ON_CUDA:
+        assert torch.backends.cudnn.benchmark  # fixed shapes: cuDNN picks its kernels in the warm-up
+        free, _ = torch.cuda.mem_get_info()
+        too_big = measure_model(SpeedSettings(model='robust_resnet_dw_pico', mode='train', device=DEVICE,
+                                              batch_size=int(free // (3 * 4 * 64 * 64)) * 4, img_size=64))
+        assert too_big.error is not None and too_big.error.startswith('out of memory')
+        peaks = [measure_model(SpeedSettings(model='robust_resnet_dw_pico', mode='train', device=DEVICE,
+                                             batch_size=batch, img_size=64, warmup=1, iterations=1, repeats=1)
+                               ).peak_memory_mib for batch in (64, 2)]
+        assert peaks[1] < peaks[0]  # each row's own peak: reset after the previous row's memory was freed
+        info = machine_info(DEVICE)
+        assert info['gpu'] and info['cuda'] and info['gpu_memory_gib'] > 0 and 'driver' in info
+
+
+def test_imagenet_c_pipeline_of_the_device_check_with_and_without_device_decoding(tmp_path: Path) -> None:
+    """The device check's ImageNet-C part: validate.py's path on the device with its device defaults (bf16 and
+    channels-last on CUDA), JPEGs decoded by the workers and by the device; every image counted both ways."""
+    from robustcnn.speed.pipelines import build_imagenet_c_tree, save_random_checkpoint, time_one_pipeline
+
+    root = build_imagenet_c_tree(tmp_path / 'c', num_classes=1, images_per_class=1, image_size=32)
+    checkpoint = save_random_checkpoint('robust_resnet_dw_pico', tmp_path / 'w.pth')
+    amp_dtype, channels_last = ('bfloat16', True) if ON_CUDA else (None, False)
+    entries = {}
+    for decode_on_device in (False, True):
+        _, payload = time_one_pipeline(root, 'robust_resnet_dw_pico', checkpoint, 16, 1, DEVICE, decode_on_device,
+                                       amp_dtype, channels_last)
+        entries[decode_on_device] = payload['results']['imagenet-c']
+    assert all(entry['num_samples'] == 75 and entry['skipped_files'] == 0 for entry in entries.values())
+    assert entries[True]['preprocessing']['decode_on_device'] is True
+    if not ON_CUDA:  # the CPU decoder gives PIL's pixels exactly; nvJPEG rounds differently
+        assert entries[True]['errors'] == entries[False]['errors']

@@ -233,12 +233,9 @@ def load_eval_model(
 
 
 def _fuse(model: torch.nn.Module) -> torch.nn.Module:
-    """Fold BatchNorms into convolutions where the model offers it (timm's reparameterize hook / ``fuse()``)."""
-    if callable(getattr(model, 'fuse', None)):
-        fused = model.fuse()
-        return fused if isinstance(fused, torch.nn.Module) else model
-    from timm.utils.model import reparameterize_model
-    return reparameterize_model(model, inplace=True)
+    """Fold BatchNorms into convolutions where the model offers it: the one helper in ``models/fuse.py``."""
+    from ..models.fuse import fuse_for_inference
+    return fuse_for_inference(model)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation

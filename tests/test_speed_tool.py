@@ -1,7 +1,8 @@
-"""The benchmark tool's behaviour on tiny inputs (no speed targets here: those live in BENCHMARKS.md)."""
+"""The speed tool's behaviour on tiny inputs (no speed targets here: those live in BENCHMARKS.md)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustcnn.speed import (BenchmarkResult, BenchmarkSettings, add_reference_ratios, benchmark_model,
-                             format_table, parse_variant, run_benchmarks, time_steps, write_results)
-from robustcnn.speed_pipelines import (build_imagenet_c_tree, save_random_checkpoint, time_one_pipeline,
+from robustcnn.engine.runtime import init_runtime
+from robustcnn.speed import throughput
+from robustcnn.speed.pipelines import (build_imagenet_c_tree, save_random_checkpoint, time_one_pipeline,
                                        time_per_folder_loop, time_train_loop_overhead)
+from robustcnn.speed.throughput import (SpeedSettings, add_reference_ratios, format_table, measure_model,
+                                        measure_models, parse_variant, skipped_result, time_steps, write_results)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(batch_size=2, img_size=32, warmup=1, iterations=1, repeats=2, timer='cpu')
@@ -28,16 +31,18 @@ def test_parse_variant_and_errors():
 
 def test_time_steps_counts_every_step_and_refuses_cpu_timer_on_cuda():
     calls = []
-    seconds = time_steps(lambda: calls.append(1), torch.device('cpu'), warmup=2, iterations=3, repeats=4)
-    assert len(calls) == 2 + 3 * 4 and len(seconds) == 4 and all(value >= 0 for value in seconds)
+    seconds, warmup_seconds = time_steps(lambda: calls.append(1), init_runtime('cpu'), warmup=2, iterations=3,
+                                         repeats=4)
+    assert len(calls) == 2 + 3 * 4 and len(seconds) == 4 and all(value >= 0 for value in seconds + [warmup_seconds])
+    cuda = dataclasses.replace(init_runtime('cpu'), kind='cuda')  # only its kind is read before the check
     with pytest.raises(ValueError, match='CPU device'):
-        time_steps(lambda: None, torch.device('cuda'), 0, 1, 1, timer='cpu')
+        time_steps(lambda: None, cuda, 0, 1, 1, timer='cpu')
 
 
-def test_run_benchmarks_train_and_infer_with_ratios(tmp_path):
+def test_measure_models_train_and_infer_with_ratios(tmp_path):
     seen = []
-    results = run_benchmarks(['robust_resnet_dw_pico', 'resnet18'], ['train', 'infer'], ['base', 'unfused'],
-                             BenchmarkSettings(model='', **TINY), on_result=seen.append)
+    results = measure_models(['robust_resnet_dw_pico', 'resnet18'], ['train', 'infer'], ['base', 'unfused'],
+                             SpeedSettings(model='', **TINY), on_result=seen.append)
     # 'unfused' is an inference-only variant: 2 models x (train base, infer base, infer unfused)
     assert [(r.model, r.mode, r.variant) for r in results] == [
         ('robust_resnet_dw_pico', 'train', 'base'), ('resnet18', 'train', 'base'),
@@ -63,15 +68,28 @@ def test_run_benchmarks_train_and_infer_with_ratios(tmp_path):
         write_results(results, tmp_path / 'out.txt')
 
 
-def test_a_failing_measurement_is_recorded_not_raised():
-    result = benchmark_model(BenchmarkSettings(model='robust_resnet_dw_pico', mode='sideways', **TINY))
+def test_a_failing_measurement_is_recorded_not_raised(tmp_path, monkeypatch):
+    result = measure_model(SpeedSettings(model='robust_resnet_dw_pico', mode='sideways', **TINY))
     assert result.error and 'mode' in result.error
     assert 'error: ' in format_table([result])
+
+    def out_of_memory():
+        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+
+    monkeypatch.setattr(throughput, '_build_step', lambda settings, runtime: (out_of_memory, torch.nn.Linear(1, 1), 32))
+    result = measure_model(SpeedSettings(model='robust_resnet_dw_pico', variant='amp', **TINY))
+    assert result.error == 'out of memory: CUDA out of memory. Tried to allocate 2.00 GiB'
+    skipped = skipped_result(SpeedSettings(model='resnet18', variant='compile', **TINY), 'did not fit')
+    write_results([result, skipped], tmp_path / 'failed.json')
+    rows = json.loads((tmp_path / 'failed.json').read_text(), parse_constant=pytest.fail)['results']  # no NaN
+    assert [(row['images_per_second'], row['error'], row['skipped']) for row in rows] == [
+        (None, result.error, None), (None, None, 'did not fit')]
+    assert '| resnet18 | infer | compile | 2 | skipped: did not fit |' in format_table([skipped])
 
 
 def test_cli_writes_results_and_rejects_bad_flags(tmp_path):
     out = tmp_path / 'bench.json'
-    command = [sys.executable, str(REPO / 'scripts' / 'benchmark.py'), '--models', 'robust_resnet_dw_pico',
+    command = [sys.executable, str(REPO / 'scripts' / 'speed.py'), '--models', 'robust_resnet_dw_pico',
                '--references', 'resnet18', '--modes', 'infer', '--device', 'cpu', '-b', '1', '--img-size', '32',
                '--warmup', '0', '--iterations', '1', '--repeats', '1', '--threads', '1', '--timer', 'cpu',
                '--results-file', str(out)]

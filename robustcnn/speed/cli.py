@@ -1,11 +1,13 @@
-#!/usr/bin/env python3
-"""Training and inference throughput of the Robust-ResNets next to timm's reference models, in one run.
+"""The speed tool's command line (``python scripts/speed.py`` / ``python -m robustcnn speed``).
 
-    python scripts/benchmark.py                                  # 4 Robust-ResNets + DeiT-S, ResNet-50, ConvNeXt-T
-    python scripts/benchmark.py --device cpu --threads 1 --timer cpu --modes infer --variants base,unfused
-    python scripts/benchmark.py --device cuda -b 128 --variants base,amp,amp+channels_last,amp+channels_last+compile
-    python scripts/benchmark.py imagenet-c --workers 0,2      # one pipeline vs a DataLoader per folder
-    python scripts/benchmark.py train-loop                     # our train loop vs a bare step
+Training and inference throughput of the Robust-ResNets next to timm's reference models, in one run:
+
+    python scripts/speed.py                                  # 4 Robust-ResNets + DeiT-S, ResNet-50, ConvNeXt-T
+    python scripts/speed.py --device cpu --threads 1 --timer cpu --modes infer --variants base,unfused
+    python scripts/speed.py --device cuda -b 128 --variants base,amp,amp+channels_last,amp+channels_last+compile
+    python scripts/speed.py imagenet-c --workers 0,2        # one pipeline vs a DataLoader per folder
+    python scripts/speed.py train-loop                       # our train loop vs a bare step
+    python scripts/speed.py device-check OUT_DIR             # everything a GPU loan should measure (device_check.sh)
 
 Variants join flags with '+': base (float32), amp (bf16 autocast), channels_last, compile (torch.compile),
 unfused (inference without BatchNorm folding). See BENCHMARKS.md for measured numbers.
@@ -15,16 +17,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
+from ..cli import UsageError, setup_logging
+from ..engine.runtime import AMP_DTYPES, resolve_device_kind
+from .throughput import (REFERENCE_MODELS, ROBUST_MODELS, SpeedSettings, add_reference_ratios, format_table,
+                         machine_info, measure_models, parse_variant, write_results)
 
-from robustcnn.cli import UsageError, run_cli, setup_logging  # noqa: E402
-from robustcnn.speed import (REFERENCE_MODELS, ROBUST_MODELS, BenchmarkSettings, add_reference_ratios,  # noqa: E402
-                             format_table, machine_info, parse_variant, run_benchmarks, write_results)
+__all__ = ['build_parser', 'main']
+
+SUBCOMMANDS = ('imagenet-c', 'train-loop', 'device-check')
 
 
 def _names(text: str) -> list[str]:
@@ -32,7 +36,8 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+    parser = argparse.ArgumentParser(prog='speed.py', description=__doc__.split('\n')[2],
+                                     epilog=f'sub-commands (each has its own --help): {", ".join(SUBCOMMANDS)}',
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--models', default=','.join(ROBUST_MODELS), help='comma-separated timm model names')
     parser.add_argument('--references', default=','.join(REFERENCE_MODELS),
@@ -43,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     parser.add_argument('-b', '--batch-size', type=int, default=None, help='default: 8 on CPU, 128 on CUDA')
     parser.add_argument('--img-size', type=int, default=None, help='default: each model\'s own input size')
-    parser.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
+    parser.add_argument('--amp-dtype', default='bfloat16', choices=tuple(AMP_DTYPES))
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps first')
     parser.add_argument('--iterations', type=int, default=5, help='timed steps per repeat')
     parser.add_argument('--repeats', type=int, default=3, help='timed blocks; the median block is reported')
@@ -56,16 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == 'device-check':
+        from .device_check import main as device_check_main
+        return device_check_main(argv[1:])
     if argv and argv[0] in ('imagenet-c', 'train-loop'):
-        from robustcnn import speed_pipelines
-        return speed_pipelines.main(argv[0], argv[1:])
+        from .pipelines import main as pipelines_main
+        return pipelines_main(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(True)
-    device = args.device
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device == 'cuda' and not torch.cuda.is_available():
-        raise UsageError('--device cuda was asked for but no CUDA GPU is visible; use --device cpu')
+    try:
+        device = resolve_device_kind(args.device)
+    except RuntimeError as error:
+        raise UsageError(str(error)) from None
     if args.timer == 'cpu' and device != 'cpu':
         raise UsageError('--timer cpu measures CPU seconds; use it with --device cpu')
     if args.threads is not None:
@@ -96,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise UsageError(f'unknown model(s): {", ".join(unknown)} (see timm.list_models())')
 
-    template = BenchmarkSettings(
+    template = SpeedSettings(
         model='', batch_size=args.batch_size or (8 if device == 'cpu' else 128), img_size=args.img_size,
         device=device, amp_dtype=args.amp_dtype, warmup=args.warmup, iterations=args.iterations,
         repeats=args.repeats, timer=args.timer)
@@ -108,14 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                 f'{result.step_ms:.1f} ms/step'
         print(f'{result.model} {result.mode} {result.variant}: {state}', flush=True)
 
-    results = run_benchmarks(models, modes, variants, template, on_result=progress)
+    results = measure_models(models, modes, variants, template, on_result=progress)
     add_reference_ratios(results, references)
     sys.stdout.write(format_table(results, references))
     if args.results_file:
         write_results(results, args.results_file, machine)
         print(f'results written to {os.path.abspath(args.results_file)}')
     return 1 if any(result.error for result in results) else 0
-
-
-if __name__ == '__main__':
-    run_cli(main)

@@ -1,4 +1,4 @@
-"""End-to-end pipeline benchmarks: ImageNet-C evaluation and the training loop's overhead.
+"""End-to-end pipeline speed: ImageNet-C evaluation and the training loop's overhead.
 
 - ``imagenet-c``: a small generated ImageNet-C tree scored by our one-pipeline path (``run_validation``) and by the
   straightforward loop of the original release (a torchvision ``ImageFolder`` and a new ``DataLoader`` for each
@@ -24,11 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cli import UsageError
-from .speed import machine_info
+from ..cli import UsageError
+from ..engine.runtime import resolve_device_kind
+from ..models.fuse import fuse_for_inference
+from .throughput import machine_info
 
-__all__ = ['build_imagenet_c_tree', 'save_random_checkpoint', 'time_one_pipeline', 'time_per_folder_loop', 'time_train_loop_overhead',
-           'InMemoryBatch', 'main']
+__all__ = ['build_imagenet_c_tree', 'save_random_checkpoint', 'time_one_pipeline', 'time_per_folder_loop',
+           'time_train_loop_overhead', 'InMemoryBatch', 'build_parser', 'main']
 
 _logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def build_imagenet_c_tree(root: str | Path, num_classes: int = 2, images_per_cla
     from PIL import Image
     from timm.data import ImageNetInfo
 
-    from .benchmarks.imagenet_c import CORRUPTIONS, SEVERITIES
+    from ..benchmarks.imagenet_c import CORRUPTIONS, SEVERITIES
 
     root = Path(root)
     wnids = [ImageNetInfo().index_to_label_name(index) for index in range(num_classes)]
@@ -68,16 +70,21 @@ def save_random_checkpoint(model_name: str, path: Path, seed: int = 0) -> Path:
 
 
 def time_one_pipeline(root: Path, model_name: str, checkpoint: Path, batch_size: int, workers: int,
-                      device: str = 'cpu', decode_on_device: bool = False) -> tuple[float, dict[str, Any]]:
-    """Wall seconds of ``run_validation`` on the tree, model loading included (as for the loop)."""
-    from .benchmarks.runner import ValidationRequest, run_validation
-    from .engine.runtime import init_runtime
+                      device: str = 'cpu', decode_on_device: bool = False, amp_dtype: str | None = None,
+                      channels_last: bool = False) -> tuple[float, dict[str, Any]]:
+    """Wall seconds of ``run_validation`` on the tree, model loading included (as for the loop).
+
+    ``amp_dtype``/``channels_last`` are validate.py's ``--amp``/``--channels-last``; its defaults on CUDA are
+    ``'bfloat16'`` and ``True``, which a GPU measurement of validate.py's path should pass.
+    """
+    from ..benchmarks.runner import ValidationRequest, run_validation
+    from ..engine.runtime import init_runtime
 
     runtime = init_runtime(device)
     request = ValidationRequest(data_dir=str(root), dataset='imagenet-c', model=model_name,
                                 checkpoint=str(checkpoint), batch_size=batch_size,
                                 workers=workers, log_freq=0, allow_partial=False, decode_on_device=decode_on_device,
-                                pin_memory=device == 'cuda')
+                                pin_memory=device == 'cuda', amp_dtype=amp_dtype, channels_last=channels_last)
     start = time.perf_counter()
     payload = run_validation(request, runtime)
     return time.perf_counter() - start, payload
@@ -90,14 +97,13 @@ def time_per_folder_loop(root: Path, model_name: str, checkpoint: Path, batch_si
     import timm
     from torchvision import datasets, transforms
 
-    from .benchmarks.imagenet_c import CORRUPTIONS, SEVERITIES
+    from ..benchmarks.imagenet_c import CORRUPTIONS, SEVERITIES
 
     start = time.perf_counter()
     model = timm.create_model(model_name)
     model.load_state_dict(torch.load(checkpoint, map_location='cpu', weights_only=True))
     model.eval()
-    if callable(getattr(model, 'fuse', None)):
-        model.fuse()
+    model = fuse_for_inference(model)
     model.to(device)
     config = model.pretrained_cfg
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(config['mean'], config['std'])])
@@ -131,8 +137,8 @@ def time_train_loop_overhead(model_name: str = 'robust_resnet_dw_nano', batch_si
     """Median seconds per step of our ``train_one_epoch`` and of a bare step loop, same model/data/optimizer."""
     import timm
 
-    from .engine.runtime import init_runtime
-    from .engine.train_loop import train_one_epoch
+    from ..engine.runtime import init_runtime
+    from ..engine.train_loop import train_one_epoch
 
     torch.manual_seed(seed)
     runtime = init_runtime('cpu')
@@ -175,8 +181,17 @@ def time_train_loop_overhead(model_name: str = 'robust_resnet_dw_nano', batch_si
             'bare_step_ms_all': [1000 * value for value in bare_seconds]}
 
 
-def _imagenet_c_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog='benchmark.py imagenet-c', description=__doc__.split('\n')[0])
+def build_parser(command: str) -> argparse.ArgumentParser:
+    """The command line of ``speed.py imagenet-c`` or ``speed.py train-loop``."""
+    if command == 'imagenet-c':
+        return _imagenet_c_parser()
+    if command == 'train-loop':
+        return _train_loop_parser()
+    raise UsageError(f'unknown speed measurement {command!r}; expected imagenet-c or train-loop')
+
+
+def _imagenet_c_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='speed.py imagenet-c', description=__doc__.split('\n')[0])
     parser.add_argument('--model', default='robust_resnet_dw_pico')
     parser.add_argument('--data', default='', help='an ImageNet-C tree (default: generate a small one)')
     parser.add_argument('--classes', type=int, default=2, help='generated tree: classes per folder')
@@ -187,15 +202,23 @@ def _imagenet_c_main(argv: Sequence[str]) -> int:
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
     parser.add_argument('--decode-on-device', action='store_true',
                         help="our pipeline decodes JPEGs on --device (validate.py's --decode-on-device)")
-    args = parser.parse_args(argv)
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        raise UsageError('--device cuda: no CUDA device is visible')
+    return parser
+
+
+def _imagenet_c_main(argv: Sequence[str]) -> int:
+    args = _imagenet_c_parser().parse_args(argv)
+    try:
+        resolve_device_kind(args.device)
+    except RuntimeError as error:  # no GPU visible
+        raise UsageError(str(error)) from None
     try:
         worker_counts = [int(value) for value in args.workers.split(',') if value.strip()]
     except ValueError:
         raise UsageError(f'--workers takes comma-separated integers, got {args.workers!r}') from None
     if not worker_counts or min(worker_counts) < 0:
         raise UsageError(f'--workers takes counts of 0 or more, got {args.workers!r}')
+    # validate.py's defaults on CUDA (bf16 autocast, channels-last), so its path is measured as it runs there
+    amp_dtype, channels_last = ('bfloat16', True) if args.device == 'cuda' else (None, False)
     print(' '.join(f'{key}={value}' for key, value in machine_info(args.device).items()), flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.data) if args.data else build_imagenet_c_tree(
@@ -205,7 +228,7 @@ def _imagenet_c_main(argv: Sequence[str]) -> int:
             ours, theirs = [], []
             for _ in range(args.repeats):
                 seconds, payload = time_one_pipeline(root, args.model, checkpoint, args.batch_size, workers,
-                                                     args.device, args.decode_on_device)
+                                                     args.device, args.decode_on_device, amp_dtype, channels_last)
                 ours.append(seconds)
                 seconds, _ = time_per_folder_loop(root, args.model, checkpoint, args.batch_size, workers,
                                                   args.device)
@@ -220,8 +243,8 @@ def _imagenet_c_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _train_loop_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog='benchmark.py train-loop', description=__doc__.split('\n')[0])
+def _train_loop_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='speed.py train-loop', description=__doc__.split('\n')[0])
     parser.add_argument('--model', default='robust_resnet_dw_nano')
     parser.add_argument('-b', '--batch-size', type=int, default=16)
     parser.add_argument('--img-size', type=int, default=64)
@@ -229,7 +252,11 @@ def _train_loop_main(argv: Sequence[str]) -> int:
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--timer', default='cpu', choices=('cpu', 'wall'))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _train_loop_main(argv: Sequence[str]) -> int:
+    args = _train_loop_parser().parse_args(argv)
     if args.threads or args.timer == 'cpu':  # CPU seconds of spinning OpenMP threads would count as work
         torch.set_num_threads(args.threads or 1)
     print(' '.join(f'{key}={value}' for key, value in machine_info('cpu').items()), flush=True)
@@ -247,4 +274,4 @@ def main(command: str, argv: Sequence[str]) -> int:
         return _imagenet_c_main(argv)
     if command == 'train-loop':
         return _train_loop_main(argv)
-    raise UsageError(f'unknown benchmark {command!r}; expected imagenet-c or train-loop')
+    raise UsageError(f'unknown speed measurement {command!r}; expected imagenet-c or train-loop')
