@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-SPEC='torch==2.9.0 torchvision==0.24.0 torch_xla==2.9.0 timm>=1.0.20,<1.1 pytest pyyaml pillow safetensors numpy'
+SPEC='torch==2.9.0 torchvision==0.24.0 torch_xla==2.9.0 timm>=1.0.31,<1.1 pytest pyyaml pillow safetensors numpy'
 # Resolve everything from the package index (a local pip config may point at a CPU-only torch wheel).
 export PIP_CONFIG_FILE=/dev/null
 unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL PIP_INDEX_URL || true

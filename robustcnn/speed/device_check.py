@@ -301,7 +301,7 @@ def headline_ratio(results: Sequence[Any], robust: str, reference: str, variant:
 
 def _run_pipeline(plan: CheckPlan, clock: _Clock, report: CheckReport) -> dict[str, Any]:
     """validate.py's ImageNet-C path on a generated tree, decoding in the workers (PIL) and on the device."""
-    from ..benchmarks.loader import default_workers
+    from ..data.loader import default_workers
     from .pipelines import build_imagenet_c_tree, save_random_checkpoint, time_one_pipeline
 
     workers = default_workers() if plan.pipeline_workers is None else plan.pipeline_workers
