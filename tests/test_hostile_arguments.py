@@ -88,7 +88,7 @@ TRAIN_CASES = {
     'negative crop pct': (['--crop-pct', '-1'], '--crop-pct must be between 0.05 and 2.0'),
     'reversed cutmix minmax': (['--cutmix-minmax', '0.9', '0.1'], '--cutmix-minmax takes two box-size fractions'),
     'unknown compile backend': (['--torchcompile', 'nosuchbackend'], 'not a torch.compile backend'),
-    'pretrained without weights': (['--pretrained'], '--pretrained: No pretrained weights exist'),
+    'pretrained without weights': (['--pretrained'], '--pretrained: robust_resnet_dw_nano has no released weights'),
     'config not utf-8': (['--config', '{root}/latin1.yaml'], 'is not UTF-8 text'),
     # values that used to be accepted without a word
     'zero crop pct': (['--crop-pct', '0'], '--crop-pct must be between'),
