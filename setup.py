@@ -21,7 +21,9 @@ INSTALL_REQUIRES = [
 ]
 EXTRAS_REQUIRE = {
     'report': ['matplotlib>=3.7'],
-    'dev': ['pytest>=8.0', 'pytest-timeout>=2.3', 'matplotlib>=3.7'],
+    # validate.py --attack (FGSM, PGD, AutoAttack's components); adversarial training needs nothing extra
+    'adv': ['torchattacks>=3.5,<4'],
+    'dev': ['pytest>=8.0', 'pytest-timeout>=2.3', 'matplotlib>=3.7', 'torchattacks>=3.5,<4'],
 }
 
 setup(

@@ -14,6 +14,7 @@ import dataclasses
 import sys
 from typing import Sequence
 
+from robustcnn.adversarial.spec import add_attack_arguments, attack_spec_from_args
 from robustcnn.benchmarks import BENCHMARKS, SUITE_ORDER
 from robustcnn.benchmarks.runner import ValidationRequest, run_validation
 from robustcnn.cli import OneLineErrorParser, UsageError, run_cli, setup_logging
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help='ImageNet-C resume file (default: beside --results-file)')
     group.add_argument('--save-every', type=int, default=50, metavar='N',
                        help='ImageNet-C: record finished folders for resuming every N batches')
+    add_attack_arguments(parser)
     group = parser.add_argument_group('running')
     group.add_argument('-b', '--batch-size', type=int, default=64)
     group.add_argument('-j', '--workers', type=int, default=None, help='loader processes (default: min(8, cores))')
@@ -145,7 +147,7 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
         channels_last=bool(args.channels_last), fuse=args.fuse, log_freq=args.log_freq,
         results_file=args.results_file or None, figure=args.figure or None, partial_results=args.partial_results,
         allow_partial=args.allow_partial, extra_corruptions=args.extra_corruptions, clean_error=args.clean_error,
-        group_sync_every=args.save_every,
+        group_sync_every=args.save_every, attack=attack_spec_from_args(args),
     )
 
 

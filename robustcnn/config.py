@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from .adversarial.spec import add_adversarial_training_arguments, check_adversarial_training_args
 from .cli import OneLineErrorParser, UsageError
 
 __all__ = [
@@ -223,6 +224,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                        help='how many checkpoint-{epoch}.pth.tar files to keep')
     group.add_argument('--eval-metric', default='top1', choices=['top1', 'top5', 'loss'],
                        help='metric that picks model_best.pth.tar')
+    add_adversarial_training_arguments(parser)
     return parser
 
 
@@ -382,6 +384,7 @@ def finalize_train_args(args: argparse.Namespace) -> None:
     if args.opt_betas is not None and len(args.opt_betas) != 2:
         raise ConfigError(f'--opt-betas expects 2 values, got {len(args.opt_betas)}')
     _check_augmentation_args(args)
+    check_adversarial_training_args(args)
 
 
 # Interpolations timm understands; Pillow's geometric ops (RandAugment's rotate/shear/translate, which timm hands the

@@ -76,6 +76,7 @@ class ValidationRequest:
     extra_corruptions: bool = False
     clean_error: float | None = None
     group_sync_every: int = 50
+    attack: Any = None  # robustcnn.adversarial.AttackSpec: score robust accuracy instead (see adversarial/)
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -477,6 +478,9 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
         datasets = {name: Path(request.data_dir)}
     for name, path in datasets.items():
         get_benchmark(name).check_exists(path)
+    if request.attack is not None:
+        from ..adversarial.evaluation import check_attack_request
+        check_attack_request(request.attack, list(datasets), runtime.kind, request.decode_on_device)
 
     # 2. checkpoint file (its metadata may name the model and the classes)
     checkpoint = load_checkpoint_file(request.checkpoint) if request.checkpoint else None
@@ -556,6 +560,11 @@ def _evaluate_all(context: _Context, datasets: Mapping[str, Path], prepared: Map
             _logger.info('imagenet-c: mean_corruption_error %s, mce %s, relative_mce %s%s',
                          _fmt(entry['mean_corruption_error']), _fmt(entry['mce']), _fmt(entry['relative_mce']),
                          ' (PARTIAL)' if entry['partial'] else '')
+        elif request.attack is not None:
+            from ..adversarial.evaluation import run_attack
+            preprocessing = _preprocessing(context, benchmark)
+            entry = run_attack(context, name, prepared[name], preprocessing,
+                               _preprocessing_record(context, preprocessing), _run_identity(request, model_name, path))
         else:
             entry = _run_class_folder(context, benchmark, prepared[name])
             if name == 'imagenet' and clean_error is None and math.isfinite(entry['top1']):
