@@ -172,7 +172,8 @@ def write_results(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
 
 
 def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """PNG: ImageNet-C error as a corruption x severity heat map and top-1 across the other sets as bars."""
+    """PNG: ImageNet-C error as a corruption x severity heat map, top-1 across the other sets as bars, and (--attack
+    with several radii) robust top-1 against eps."""
     import matplotlib
     matplotlib.use('Agg', force=True)
     from matplotlib import pyplot as plt
@@ -190,9 +191,10 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     if curves:  # --attack with several radii: robust top-1 against eps, clean top-1 at eps 0
         axis = axes.pop()
         for name, entry in curves.items():
-            points = sorted((item['eps'], item['robust_top1'], item['eps_text']) for item in entry['robust_top1_by_eps'])
-            line, = axis.plot([0.0] + [point[0] for point in points], [entry['top1']] + [point[1] for point in points],
-                              marker='o', label=name)
+            points = sorted((item['eps'], item['robust_top1'], item['eps_text'])
+                            for item in entry['robust_top1_by_eps'])
+            axis.plot([0.0] + [point[0] for point in points], [entry['top1']] + [point[1] for point in points],
+                      marker='o', label=name)
         axis.set_xticks([0.0] + [point[0] for point in points], ['0'] + [point[2] for point in points])
         attack = next(iter(curves.values())).get('attack', {})
         axis.set_xlabel(f'{attack.get("norm", "")} radius eps (pixels in [0, 1])')

@@ -47,8 +47,8 @@ def images_with_saturated_pixels(count: int = 6, size: int = 8, seed: int = 0) -
 
 @pytest.fixture()
 def fast_autoattack(monkeypatch):
-    """AutoAttack's real budget (100 iterations x 9 targets, 5000 Square queries) takes minutes on a shared CPU even
-    for a tiny net; the composition is what these tests check, so they shrink the budget (results record the real one)."""
+    """AutoAttack's real budget (100 iterations x 9 targets, 5000 Square queries) takes minutes on a shared CPU
+    even for a tiny net; the composition is what these tests check, so they shrink the budget."""
     from robustcnn.adversarial import attacks
     monkeypatch.setattr(attacks, 'AUTOATTACK_ITERATIONS', 4)
     monkeypatch.setattr(attacks, 'SQUARE_QUERIES', 20)
@@ -261,6 +261,12 @@ def test_max_samples_takes_the_classes_in_turn(tree, tmp_path):
     entry = json.loads(results.read_text())['results']['folder']
     assert entry['num_samples'] == 5 and entry['attack']['max_samples'] == 5
     assert entry['robust_top1'] == entry['top1']  # eps 0: nothing can change
+    seeded = []
+    for _ in range(2):  # random starts are seeded: the same command gives the same numbers
+        assert run_main(attack_argv(root, checkpoint, results, '--attack-eps', '48/255', '--attack-random-start',
+                                    '--attack-seed', '3')) == 0
+        seeded.append(json.loads(results.read_text())['results']['folder'])
+    assert seeded[0]['robust_top1'] == seeded[1]['robust_top1'] and seeded[0]['attack']['random_start'] is True
 
 
 LAUNCHER = """
@@ -293,7 +299,7 @@ def test_a_killed_attack_run_resumes_and_gives_the_same_numbers(tree, tmp_path):
     killed = run(results, ROBUSTCNN_KILL_AT='attack-batch:3')
     assert killed.returncode == -9, killed.stderr[-2000:]
     partial = tmp_path / 'killed.folder.attack.partial.json'
-    assert json.loads(partial.read_text())['done'] == 6  # batches 1-3 saved, then the kill after batch 3
+    assert json.loads(partial.read_text())['unit']['done'] == 6  # batches 1-3 saved, then the kill after batch 3
     resumed = run(results)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert 'resuming; the first 6 of 12 images were already attacked' in resumed.stderr
@@ -304,11 +310,59 @@ def test_a_killed_attack_run_resumes_and_gives_the_same_numbers(tree, tmp_path):
         assert entry[key] == expected[key], key
 
 
+def test_resume_records_round_trip_through_a_resume_store_and_refuse_another_attack():
+    """The same record kept as one unit of the evaluator's generic ResumeStore (load/save/discard of named units)."""
+    from robustcnn.adversarial.evaluation import AttackCounts, ResumeStoreUnit
+
+    class Store:  # the ResumeStore interface: {unit name: {count name: int}}, saved and read back as JSON
+        units: dict = {}
+
+        def load(self):
+            return json.loads(json.dumps(self.units))
+
+        def save(self, units):
+            self.units = dict(units)
+
+        def discard(self):
+            self.units = {}
+
+    store = Store()
+    counts = AttackCounts(scored=6, clean_correct=5, robust_correct=[3, 1], skipped=1)
+    ResumeStoreUnit(store, {'attack': {'eps': [1, 2]}}).save(7, counts)
+    assert ResumeStoreUnit(store, {'attack': {'eps': [1, 2]}}).load(2) == (7, counts)
+    assert ResumeStoreUnit(store, {'attack': {'eps': [1, 3]}}).load(2) == (0, None)  # another attack starts over
+    ResumeStoreUnit(store, {'attack': {'eps': [1, 2]}}).discard()
+    assert store.units == {}
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_torchrun_attacks_each_image_once(tree, tmp_path):
+    root, checkpoint = tree
+    launcher = tmp_path / 'launch.py'
+    launcher.write_text(LAUNCHER.format(tests=str(REPO / 'tests'), repo=str(REPO)))
+    results = tmp_path / 'two.json'
+    argv = attack_argv(root, checkpoint, results, '--attack-eps', '32/255,64/255', '-b', '4', '--device', 'cpu',
+                       '--save-every', '1')  # 12 images: shards of 6, saved after each of the 2 common steps
+    command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+               str(29700 + os.getpid() % 1000), str(launcher), *argv]
+    completed = subprocess.run(command, env={**os.environ, 'OMP_NUM_THREADS': '1'}, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=180)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    entry = json.loads(results.read_text())['results']['folder']
+    clean, robust = reference_numbers(root, [32 / 255, 64 / 255], 5)
+    assert entry['num_samples'] == 12
+    assert entry['top1'] == pytest.approx(clean, abs=1e-3)
+    assert [item['robust_top1'] for item in entry['robust_top1_by_eps']] == pytest.approx(robust, abs=1e-3)
+    assert not (tmp_path / 'two.folder.attack.partial.json').exists()
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--attack', 'pgd', '--attack-eps', '4/0'], "cannot read '4/0' as a radius"),
     (['--attack', 'pgd', '--attack-eps', '8'], 'at most 1'),
     (['--attack', 'pgd', '--attack-eps', '1/255,1/255'], 'listed twice'),
-    (['--attack-eps', '4/255'], 'only apply to an attack'),
+    (['--attack-eps', '4/255'], 'attack settings without an attack'),
+    (['--attack-seed', '2'], 'attack settings without an attack'),
     (['--attack', 'fgsm', '--attack-steps', '3'], 'exactly one step'),
     (['--attack', 'fgsm', '--attack-norm', 'l2'], 'L-inf attack'),
     (['--attack', 'autoattack', '--attack-steps', '10'], 'parameter-free'),
@@ -366,7 +420,7 @@ def test_adversarial_training_flags_are_checked_at_parse_time():
         parse_train_args(['data', '--adv-train', 'pgd', '--adv-eps', '4'])
     with pytest.raises(UsageError, match='one step'):
         parse_train_args(['data', '--adv-train', 'fgsm', '--adv-steps', '3'])
-    with pytest.raises(UsageError, match='only apply to adversarial training'):
+    with pytest.raises(UsageError, match='settings without --adv-train'):
         parse_train_args(['data', '--adv-steps', '3'])
     args = parse_train_args(['data', '--adv-train', 'fgsm', '--adv-eps', '8/255'])
     from robustcnn.adversarial.spec import adversarial_training_spec

@@ -11,6 +11,7 @@ results file every ``--save-every`` batches; a restarted run with the same ident
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -31,7 +32,7 @@ from .attacks import MIN_AUTOATTACK_CLASSES, PixelSpaceModel, attack_record, bui
 from .spec import AttackSpec
 
 __all__ = ['attack_order', 'select_attack_samples', 'check_attack_request', 'attack_partial_path', 'AttackCounts',
-           'evaluate_attack', 'run_attack']
+           'PartialFile', 'ResumeStoreUnit', 'evaluate_attack', 'run_attack']
 
 _logger = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def check_attack_request(spec: AttackSpec, datasets: Sequence[str], device_kind:
     """Combinations that cannot work, refused before the model loads."""
     if 'imagenet-c' in datasets:
         raise UsageError('--attack is not run on imagenet-c (75 folders of corrupted copies); attack the clean '
-                         'set, or one corruption folder with --dataset folder')
+                         'set, or one corruption folder with --dataset folder (with --suite: pick the sets with '
+                         '--datasets)')
     if device_kind == 'xla':
         raise UsageError('--attack runs on cuda or cpu: attack loops stop and branch per image, which XLA would '
                          'recompile at every step; use --device cuda')
@@ -101,31 +103,76 @@ class AttackCounts:
                             device=device)
 
 
-def _load_partial(path: Path | None, identity: Mapping[str, Any], num_eps: int) -> tuple[int, AttackCounts | None]:
-    if path is None or not path.is_file():
-        return 0, None
-    try:
-        saved = json.loads(path.read_text(encoding='utf-8'))
-        if saved.get('identity') != json.loads(json.dumps(dict(identity))):
-            _logger.warning('attack partial results %s come from another model/attack/preprocessing; starting over',
-                            path)
+class PartialFile:
+    """The finished prefix and its counts in a small JSON file beside the results file (self-contained, so it works
+    before and after the evaluator's generic ``ResumeStore``; see :class:`ResumeStoreUnit`)."""
+
+    def __init__(self, path: Path, identity: Mapping[str, Any]) -> None:
+        self.path = path
+        self.identity = json.loads(json.dumps(dict(identity)))  # compared as it will be read back
+
+    def load(self, num_eps: int) -> tuple[int, AttackCounts | None]:
+        if not self.path.is_file():
             return 0, None
-        counts = saved['counts']
-        result = AttackCounts(scored=int(counts['scored']), clean_correct=int(counts['clean_correct']),
-                              robust_correct=[int(value) for value in counts['robust_correct']],
-                              skipped=int(counts['skipped']))
-        if len(result.robust_correct) != num_eps:
-            raise ValueError('wrong number of radii')
-        return int(saved['done']), result
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        _logger.warning('ignoring unreadable attack partial results %s (%s); starting over', path, error)
-        return 0, None
+        try:
+            saved = json.loads(self.path.read_text(encoding='utf-8'))
+            if saved.get('identity') != self.identity:
+                _logger.warning('attack partial results %s come from another model/attack/preprocessing; '
+                                'starting over', self.path)
+                return 0, None
+            return _parse_unit(saved['unit'], num_eps)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            _logger.warning('ignoring unreadable attack partial results %s (%s); starting over', self.path, error)
+            return 0, None
+
+    def save(self, done: int, counts: AttackCounts) -> None:
+        text = json.dumps({'identity': self.identity, 'unit': _unit(done, counts)}, indent=1, sort_keys=True)
+        atomic_write_text(text + '\n', self.path)
+
+    def discard(self) -> None:
+        if self.path.exists():
+            self.path.unlink()
 
 
-def _write_partial(path: Path, identity: Mapping[str, Any], done: int, counts: AttackCounts) -> None:
-    text = json.dumps({'identity': dict(identity), 'done': done, 'counts': counts.as_dict()}, indent=1,
-                      sort_keys=True)
-    atomic_write_text(text + '\n', path)
+class ResumeStoreUnit:
+    """The same record kept as one unit of a ``ResumeStore`` (load() -> {unit: {name: int}}, save(units),
+    discard(); robustcnn/benchmarks/context.py after issue 12). The store's identity covers the model,
+    preprocessing, data folder and label space; the unit's name adds a digest of the attack and its image list."""
+
+    def __init__(self, store: Any, attack_identity: Mapping[str, Any]) -> None:
+        digest = hashlib.sha256(json.dumps(attack_identity, sort_keys=True, default=str).encode('utf-8'))
+        self.store = store
+        self.unit_name = f'attack-{digest.hexdigest()[:16]}'
+
+    def load(self, num_eps: int) -> tuple[int, AttackCounts | None]:
+        unit = self.store.load().get(self.unit_name)
+        if not unit:
+            return 0, None
+        try:
+            return _parse_unit(unit, num_eps)
+        except (ValueError, KeyError, TypeError) as error:
+            _logger.warning('ignoring unreadable attack resume unit %s (%s); starting over', self.unit_name, error)
+            return 0, None
+
+    def save(self, done: int, counts: AttackCounts) -> None:
+        self.store.save({self.unit_name: _unit(done, counts)})
+
+    def discard(self) -> None:
+        self.store.discard()
+
+
+def _unit(done: int, counts: AttackCounts) -> dict[str, int]:
+    """Flat integers (what a ResumeStore unit holds): the prefix length and its counts."""
+    unit = {'done': done, 'scored': counts.scored, 'clean_correct': counts.clean_correct, 'skipped': counts.skipped}
+    unit.update({f'robust_correct_{index}': value for index, value in enumerate(counts.robust_correct)})
+    return unit
+
+
+def _parse_unit(unit: Mapping[str, Any], num_eps: int) -> tuple[int, AttackCounts]:
+    counts = AttackCounts(scored=int(unit['scored']), clean_correct=int(unit['clean_correct']),
+                          skipped=int(unit['skipped']),
+                          robust_correct=[int(unit[f'robust_correct_{index}']) for index in range(num_eps)])
+    return int(unit['done']), counts
 
 
 def _batch_seed(seed: int, eps_index: int, first_position: int) -> int:
@@ -150,28 +197,29 @@ def evaluate_attack(
         amp_dtype: torch.dtype | None = None,
         log_freq: int = 0,
         description: str = 'attack',
-        partial_path: Path | None = None,
-        identity: Mapping[str, Any] | None = None,
+        resume: PartialFile | ResumeStoreUnit | None = None,
         save_every: int = 50,
 ) -> tuple[AttackCounts, int, float]:
     """Attack ``samples`` (already in attack order) at every radius of ``spec``.
 
     Returns the summed counts, how many images an earlier run had already finished, and the seconds spent.
     """
-    from ..benchmarks.loader import build_eval_loader  # the evaluation sets' one loader (sharded, no padding)
+    try:  # the evaluation sets' one loader (sharded, no padding); in data/ after the evaluator's restructuring
+        from ..data.loader import build_eval_loader
+    except ImportError:
+        from ..benchmarks.loader import build_eval_loader
 
     device = runtime.device
-    identity = dict(identity or {})
     num_eps = len(spec.eps)
-    done, saved = _load_partial(partial_path, identity, num_eps) if runtime.is_main else (0, None)
+    done, saved = resume.load(num_eps) if (resume is not None and runtime.is_main) else (0, None)
     shared = torch.tensor([done, *(saved.tensor('cpu').tolist() if saved else [0] * (3 + num_eps))],
                           dtype=torch.long, device=device)
     runtime.all_reduce_sum(shared)  # only the main process read the file: everyone continues from its view
     done = int(shared[0].item())
     carried = AttackCounts.from_tensor(shared[1:])
     if done:
-        _logger.info('%s: resuming; the first %d of %d images were already attacked (%s)', description, done,
-                     len(samples), partial_path)
+        _logger.info('%s: resuming; the first %d of %d images were already attacked', description, done,
+                     len(samples))
 
     was_training = model.training
     model.eval()
@@ -224,11 +272,11 @@ def evaluate_attack(
                         still_right = attacked(adversarial).argmax(dim=1).eq(targets[to_attack])
                     counts[3 + eps_index] += still_right.sum()
                 local_images += targets.numel()
-            if partial_path is not None and save_every and step % save_every == 0 and step <= sync_limit:
+            if resume is not None and save_every and step % save_every == 0 and step <= sync_limit:
                 finished = min(done + step * batch_size * world_size, len(samples))
-                totals = summed()
+                totals = summed()  # a collective: every process takes this step
                 if runtime.is_main:
-                    _write_partial(partial_path, identity, finished, totals)
+                    resume.save(finished, totals)
             if log_freq and runtime.is_main and (step % log_freq == 0 or step == total_steps):
                 elapsed = time.perf_counter() - start
                 scored = max(int(counts[0].item()), 1)
@@ -248,10 +296,13 @@ def evaluate_attack(
 
 
 def run_attack(context: Any, dataset: str, prepared: Any, preprocessing: EvalPreprocessing,
-               preprocessing_record: Mapping[str, Any], identity: Mapping[str, Any]) -> dict[str, Any]:
+               preprocessing_record: Mapping[str, Any], identity: Mapping[str, Any] | None = None,
+               store: Any = None) -> dict[str, Any]:
     """validate.py's results entry for one evaluation set under ``context.request.attack``.
 
-    ``context``: the runner's evaluation context (request, runtime, model, amp_dtype, workers).
+    ``context``: the runner's evaluation context (request, runtime, model, amp_dtype, workers). Resume: into
+    ``store`` (an evaluator ``ResumeStore``) when given, else a :class:`PartialFile` beside --results-file whose
+    identity is ``identity`` (model, checkpoint, preprocessing) plus the attack.
     """
     request, runtime = context.request, context.runtime
     spec: AttackSpec = request.attack
@@ -262,17 +313,21 @@ def run_attack(context: Any, dataset: str, prepared: Any, preprocessing: EvalPre
     samples = select_attack_samples(prepared.samples, spec.max_samples)
     record = attack_record(spec, num_classes, request.amp_dtype)
     record['order'] = 'classes in turn (attack_order), first --max-samples'
-    partial_path = attack_partial_path(request.results_file, dataset)
-    full_identity = {**identity, 'dataset': dataset, 'attack': record, 'num_samples': len(samples),
-                     'channels_last': request.channels_last}
+    attack_identity = {'dataset': dataset, 'attack': record, 'num_samples': len(samples),
+                       'first_samples': [path for path, _ in samples[:3]], 'channels_last': request.channels_last}
+    resume: PartialFile | ResumeStoreUnit | None = None
+    if store is not None:
+        resume = ResumeStoreUnit(store, attack_identity)
+    elif (partial_path := attack_partial_path(request.results_file, dataset)) is not None:
+        resume = PartialFile(partial_path, {**dict(identity or {}), **attack_identity})
     _logger.info('%s: %s attack (%s, eps %s) on %d of %d images, preprocessing %s', dataset, spec.attack, spec.norm,
                  ', '.join(spec.eps_text), len(samples), len(prepared.samples), preprocessing)
     counts, resumed, seconds = evaluate_attack(
         context.model, samples, preprocessing, runtime, spec, label_subset=prepared.label_subset,
         num_classes=num_classes, batch_size=request.batch_size, workers=context.workers,
         pin_memory=request.pin_memory, channels_last=request.channels_last, amp_dtype=context.amp_dtype,
-        log_freq=request.log_freq, description=f'{dataset} {spec.attack}', partial_path=partial_path,
-        identity=full_identity, save_every=request.group_sync_every)
+        log_freq=request.log_freq, description=f'{dataset} {spec.attack}', resume=resume,
+        save_every=request.group_sync_every)
     scored = counts.scored
     percent = (lambda value: 100.0 * value / scored) if scored else (lambda value: float('nan'))
     by_eps = [{'eps': eps, 'eps_text': text, 'robust_top1': percent(correct)}
@@ -293,8 +348,8 @@ def run_attack(context: Any, dataset: str, prepared: Any, preprocessing: EvalPre
         entry['label_subset_size'] = len(prepared.label_subset)
     _logger.info('%s: top1 %.2f, robust_top1 %s over %d images', dataset, entry['top1'],
                  ', '.join(f'{item["eps_text"]}: {item["robust_top1"]:.2f}' for item in by_eps), scored)
-    if runtime.is_main and partial_path is not None and partial_path.exists():
-        partial_path.unlink()  # complete: the results file now holds everything
+    if runtime.is_main and resume is not None:
+        resume.discard()  # complete: the results file now holds everything
     return entry
 
 

@@ -99,7 +99,8 @@ def add_attack_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--attack-step-size', default=None, metavar='ALPHA',
                        help='PGD step size in pixel units, e.g. 1/255 (default 2.5 * eps / steps)')
     group.add_argument('--attack-random-start', action=argparse.BooleanOptionalAction, default=None,
-                       help='PGD: start at a uniform random point of the ball (default on, as Madry et al.)')
+                       help='PGD: start at a uniform random point of the ball, as Madry et al. and Bai et al. '
+                            '(default off: deterministic, every image starts at itself)')
     group.add_argument('--attack-seed', type=int, default=0, help='seed of random starts and AutoAttack')
     group.add_argument('--attack-autocast', action='store_true',
                        help='compute attack gradients under --amp autocast (default float32, as RobustBench)')
@@ -112,13 +113,14 @@ def attack_spec_from_args(args: argparse.Namespace) -> AttackSpec | None:
     """The attack the flags ask for (None without --attack); every inconsistency is one line."""
     attack = getattr(args, 'attack', None)
     if attack is None:
-        given = [flag for flag, value in (('--attack-eps', args.attack_eps), ('--attack-steps', args.attack_steps),
-                                          ('--attack-step-size', args.attack_step_size),
-                                          ('--attack-random-start', args.attack_random_start),
-                                          ('--max-samples', args.max_samples))
-                 if value is not None] + (['--attack-autocast'] if args.attack_autocast else [])
+        unset = (('--attack-eps', args.attack_eps), ('--attack-steps', args.attack_steps),
+                 ('--attack-step-size', args.attack_step_size), ('--attack-random-start', args.attack_random_start),
+                 ('--max-samples', args.max_samples), ('--attack-autocast', args.attack_autocast or None),
+                 ('--attack-norm', None if args.attack_norm == 'linf' else args.attack_norm),
+                 ('--attack-seed', args.attack_seed or None))
+        given = [flag for flag, value in unset if value is not None]
         if given:
-            raise UsageError(f'{", ".join(given)} only apply to an attack; add --attack fgsm|pgd|autoattack')
+            raise UsageError(f'{", ".join(given)}: attack settings without an attack; add --attack fgsm|pgd|autoattack')
         return None
     norm = args.attack_norm
     eps, eps_text = parse_radii(args.attack_eps if args.attack_eps is not None else '4/255', '--attack-eps', norm)
@@ -149,7 +151,7 @@ def attack_spec_from_args(args: argparse.Namespace) -> AttackSpec | None:
             step_size_text = str(args.attack_step_size).strip()
             if step_size == 0:
                 raise UsageError('--attack-step-size must be positive')
-        random_start = True if args.attack_random_start is None else args.attack_random_start
+        random_start = bool(args.attack_random_start)
     else:
         fixed = [flag for flag, value in (('--attack-steps', steps), ('--attack-step-size', args.attack_step_size),
                                           ('--attack-random-start', args.attack_random_start)) if value is not None]
@@ -224,5 +226,6 @@ def check_adversarial_training_args(args: argparse.Namespace) -> None:
         given = [flag for flag, value in (('--adv-steps', args.adv_steps), ('--adv-step-size', args.adv_step_size))
                  if value is not None]
         if given:
-            raise UsageError(f'{", ".join(given)} only apply to adversarial training; add --adv-train pgd|fgsm')
+            raise UsageError(f'{", ".join(given)}: adversarial-training settings without --adv-train; add --adv-train '
+                             f'pgd|fgsm')
 
