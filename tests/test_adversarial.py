@@ -445,3 +445,31 @@ def test_adversarial_training_resumes_bit_exactly(tmp_path):
     assert '3 updates done' in resumed.stderr
     expected = load_weights(tmp_path / 'reference' / 'last.pth.tar')
     assert_same_weights(load_weights(tmp_path / 'killed' / 'last.pth.tar'), expected)
+
+
+DEVICE = os.environ.get('ROBUSTCNN_TEST_DEVICE') or ('cuda' if torch.cuda.is_available() else None)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(DEVICE is None, reason='needs a CUDA device (ROBUSTCNN_TEST_DEVICE=cpu checks it on the CPU)')
+def test_attack_on_the_device_fused_and_channels_last_matches_the_cpu():
+    """validate.py's CUDA path: folded BatchNorm, channels-last, float32 gradients; bf16 only when asked."""
+    import copy
+
+    import timm
+
+    import robustcnn  # noqa: F401
+    torch.manual_seed(0)
+    model = timm.create_model('robust_resnet_dw_pico', num_classes=4, patch_size=4).eval()
+    pixels = images_with_saturated_pixels(count=4, size=32)
+    labels = torch.tensor([0, 1, 2, 3])
+    attack_spec = spec('pgd', 4 / 255, steps=3)
+    on_cpu = build_attack(attack_spec, 4 / 255, PixelSpaceModel(model, TINY_MEAN, TINY_STD), 4)(pixels, labels)
+    device_model = copy.deepcopy(model).fuse().to(DEVICE).to(memory_format=torch.channels_last)
+    wrapper = PixelSpaceModel(device_model, TINY_MEAN, TINY_STD, channels_last=True)
+    on_device = build_attack(attack_spec, 4 / 255, wrapper, 4)(pixels.to(DEVICE), labels.to(DEVICE))
+    check_perturbation(on_device, pixels.to(DEVICE), 4 / 255, 'linf')
+    # float32 everywhere: the same signed steps except where a gradient component is ~0
+    assert (on_device.cpu() - on_cpu).abs().gt(1e-4).float().mean().item() < 0.02
+    bf16 = PixelSpaceModel(device_model, TINY_MEAN, TINY_STD, channels_last=True, amp_dtype=torch.bfloat16)
+    assert bf16(pixels.to(DEVICE)).dtype == torch.float32  # logits come back in float32 for the loss
