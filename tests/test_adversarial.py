@@ -269,6 +269,21 @@ def test_max_samples_takes_the_classes_in_turn(tree, tmp_path):
     assert seeded[0]['robust_top1'] == seeded[1]['robust_top1'] and seeded[0]['attack']['random_start'] is True
 
 
+def test_an_image_list_chooses_the_images_and_their_order(tree, tmp_path, capsys):
+    root, checkpoint = tree
+    listed = ['sun/002.png', 'apple/000.png', 'sea/001.png']
+    image_list = tmp_path / 'ids.txt'
+    image_list.write_text('\n'.join(listed) + '\n')
+    results = tmp_path / 'r.json'
+    assert run_main(attack_argv(root, checkpoint, results, '--attack-eps', '64/255', '--attack-image-list',
+                                str(image_list), '--max-samples', '2')) == 0
+    entry = json.loads(results.read_text())['results']['folder']
+    assert entry['num_samples'] == 2 and entry['attack']['first_samples'] == listed[:2]
+    image_list.write_text('sun/002.png\nsun/999.png\n')
+    assert run_main(attack_argv(root, checkpoint, results, '--attack-image-list', str(image_list))) == 2
+    assert '1 of 2 listed images are not under' in capsys.readouterr().err
+
+
 LAUNCHER = """
 import sys
 sys.path.insert(0, {tests!r})
@@ -368,6 +383,7 @@ def test_torchrun_attacks_each_image_once(tree, tmp_path):
     (['--attack', 'autoattack', '--attack-steps', '10'], 'parameter-free'),
     (['--attack', 'pgd', '--attack-steps', '0'], 'at least 1'),
     (['--attack', 'pgd', '--max-samples', '0'], '--max-samples must be positive'),
+    (['--attack', 'pgd', '--attack-image-list', 'no_such_list.txt'], '--attack-image-list file not found'),
     (['--attack', 'pgd', '--dataset', 'imagenet-c'], 'not run on imagenet-c'),
     (['--attack', 'pgd', '--decode-on-device'], 'not used with --attack'),
 ])

@@ -53,13 +53,30 @@ def attack_order(samples: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
     return ordered
 
 
-def select_attack_samples(samples: Sequence[tuple[str, int]], max_samples: int | None) -> list[tuple[str, int]]:
-    ordered = attack_order(samples)
+def select_attack_samples(samples: Sequence[tuple[str, int]], max_samples: int | None, root: str | Path | None = None,
+                          image_list: str | None = None) -> list[tuple[str, int]]:
+    """The images to attack, in order: those ``image_list`` names (paths relative to ``root``, in the file's order),
+    else :func:`attack_order`; then the first ``max_samples``."""
+    if image_list is None:
+        ordered = attack_order(samples)
+    else:
+        by_path = {Path(path).relative_to(root).as_posix(): (path, label) for path, label in samples}
+        names = [line.strip() for line in Path(image_list).read_text(encoding='utf-8').splitlines() if line.strip()]
+        missing = [name for name in names if name not in by_path]
+        if missing or not names:
+            raise UsageError(f'--attack-image-list {image_list}: {len(missing)} of {len(names)} listed images are not '
+                             f'under {root} (e.g. {", ".join(missing[:3]) or "the file is empty"}); paths are '
+                             f'<class folder>/<file> relative to the dataset\'s image folder')
+        if len(set(names)) != len(names):
+            raise UsageError(f'--attack-image-list {image_list} names an image twice')
+        ordered = [by_path[name] for name in names]
     return ordered if max_samples is None else ordered[:max_samples]
 
 
 def check_attack_request(spec: AttackSpec, datasets: Sequence[str], device_kind: str, decode_on_device: bool) -> None:
     """Combinations that cannot work, refused before the model loads."""
+    if spec.image_list is not None and not Path(spec.image_list).is_file():
+        raise UsageError(f'--attack-image-list file not found: {spec.image_list}')
     if 'imagenet-c' in datasets:
         raise UsageError('--attack is not run on imagenet-c (75 folders of corrupted copies); attack the clean '
                          'set, or one corruption folder with --dataset folder (with --suite: pick the sets with '
@@ -310,9 +327,11 @@ def run_attack(context: Any, dataset: str, prepared: Any, preprocessing: EvalPre
     if spec.attack == 'autoattack' and num_classes < MIN_AUTOATTACK_CLASSES:
         raise UsageError(f'--attack autoattack needs at least {MIN_AUTOATTACK_CLASSES} scored classes (APGD-T\'s '
                          f'targeted DLR loss), {dataset} scores {num_classes}; use --attack pgd')
-    samples = select_attack_samples(prepared.samples, spec.max_samples)
+    samples = select_attack_samples(prepared.samples, spec.max_samples, prepared.root, spec.image_list)
     record = attack_record(spec, num_classes, request.amp_dtype)
-    record['order'] = 'classes in turn (attack_order), first --max-samples'
+    record['order'] = (f'--attack-image-list {spec.image_list}' if spec.image_list else
+                       'classes in turn (the first file of every class, then the second, ...)')
+    record['first_samples'] = [Path(path).relative_to(prepared.root).as_posix() for path, _ in samples[:5]]
     attack_identity = {'dataset': dataset, 'attack': record, 'num_samples': len(samples),
                        'first_samples': [path for path, _ in samples[:3]], 'channels_last': request.channels_last}
     resume: PartialFile | ResumeStoreUnit | None = None

@@ -70,6 +70,7 @@ class AttackSpec:
     seed: int = 0
     autocast: bool = False              # attack under the run's --amp autocast instead of float32
     max_samples: int | None = None
+    image_list: str | None = None       # file of image paths (RobustBench's list): attack these, in this order
 
     def step_size_for(self, eps: float) -> float | None:
         if self.attack == 'fgsm':
@@ -107,6 +108,9 @@ def add_attack_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--max-samples', type=int, default=None, metavar='N',
                        help='attack only the first N images in the fixed order TEST.md describes (one per class '
                             'in turn); RobustBench ImageNet uses 5000')
+    group.add_argument('--attack-image-list', default=None, metavar='FILE',
+                       help='attack exactly the images this file names, in its order: one path per line relative '
+                            'to the dataset folder\'s class folders (RobustBench\'s imagenet_test_image_ids.txt)')
 
 
 def attack_spec_from_args(args: argparse.Namespace) -> AttackSpec | None:
@@ -116,6 +120,7 @@ def attack_spec_from_args(args: argparse.Namespace) -> AttackSpec | None:
         unset = (('--attack-eps', args.attack_eps), ('--attack-steps', args.attack_steps),
                  ('--attack-step-size', args.attack_step_size), ('--attack-random-start', args.attack_random_start),
                  ('--max-samples', args.max_samples), ('--attack-autocast', args.attack_autocast or None),
+                 ('--attack-image-list', args.attack_image_list),
                  ('--attack-norm', None if args.attack_norm == 'linf' else args.attack_norm),
                  ('--attack-seed', args.attack_seed or None))
         given = [flag for flag, value in unset if value is not None]
@@ -161,7 +166,8 @@ def attack_spec_from_args(args: argparse.Namespace) -> AttackSpec | None:
         steps = None
     return AttackSpec(attack=attack, eps=eps, eps_text=eps_text, norm=norm, steps=steps, step_size=step_size,
                       step_size_text=step_size_text, random_start=random_start, seed=args.attack_seed,
-                      autocast=bool(args.attack_autocast), max_samples=args.max_samples)
+                      autocast=bool(args.attack_autocast), max_samples=args.max_samples,
+                      image_list=args.attack_image_list)
 
 
 # ---------------------------------------------------------------------------------------------------- training
