@@ -26,9 +26,11 @@ EXTRAS_REQUIRE = {
     'tensorboard': ['tensorboard>=2.14'],    # --log-tensorboard
     'wandb': ['wandb>=0.19'],                # --log-wandb
     'download': ['gdown>=5.0'],              # robustcnn download (the released weights on Google Drive)
+    # validate.py --attack (FGSM, PGD, AutoAttack's components); adversarial training needs nothing extra
+    'adv': ['torchattacks>=3.5,<4'],
 }
 EXTRAS_REQUIRE['dev'] = ['pytest>=8.0', 'pytest-timeout>=2.3', 'matplotlib>=3.7', *EXTRAS_REQUIRE['tensorboard'],
-                         *EXTRAS_REQUIRE['wandb'], *EXTRAS_REQUIRE['download']]
+                         *EXTRAS_REQUIRE['wandb'], *EXTRAS_REQUIRE['download'], *EXTRAS_REQUIRE['adv']]
 
 setup(
     name='robustcnn',

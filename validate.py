@@ -14,6 +14,7 @@ import dataclasses
 import sys
 from typing import Sequence
 
+from robustcnn.adversarial.spec import add_attack_arguments, attack_spec_from_args
 from robustcnn.benchmarks import BENCHMARKS, SUITE_ORDER
 from robustcnn.benchmarks.runner import ValidationRequest, run_validation
 from robustcnn.cli import OneLineErrorParser, UsageError, run_cli, setup_logging
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--human-data', default=None, metavar='DIR',
                        help='cue-conflict, edges, silhouettes and model-vs-human sets: model-vs-human\'s raw-data/ '
                             'folder; adds accuracy difference, observed and error consistency with the humans')
+    add_attack_arguments(parser)
     group = parser.add_argument_group('running')
     group.add_argument('-b', '--batch-size', type=int, default=64)
     group.add_argument('-j', '--workers', type=int, default=None, help='loader processes (default: min(8, cores))')
@@ -159,7 +161,7 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
         allow_partial=args.allow_partial, extra_corruptions=args.extra_corruptions, clean_error=args.clean_error,
         group_sync_every=args.save_every,
         real_labels=args.real_labels, in_distribution=args.in_distribution, objectnet_pooling=args.objectnet_pooling,
-        human_data=args.human_data,
+        human_data=args.human_data, attack=attack_spec_from_args(args),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from .adversarial.spec import add_adversarial_training_arguments, check_adversarial_training_args
 from .cli import OneLineErrorParser, UsageError
 from .limits import CROP_PCT_RANGE
 
@@ -232,6 +233,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                        help='how many checkpoint-{epoch}.pth.tar files to keep')
     group.add_argument('--eval-metric', default='top1', choices=['top1', 'top5', 'loss'],
                        help='metric that picks model_best.pth.tar')
+    add_adversarial_training_arguments(parser)
 
     from .tracking import add_tracking_arguments
     add_tracking_arguments(parser, default_place='in the run folder')
@@ -420,6 +422,7 @@ def finalize_train_args(args: argparse.Namespace) -> None:
     if args.opt_betas is not None and len(args.opt_betas) != 2:
         raise ConfigError(f'--opt-betas expects 2 values, got {len(args.opt_betas)}')
     _check_augmentation_args(args)
+    check_adversarial_training_args(args)
     from .tracking import check_tracking_args
     check_tracking_args(args)
 

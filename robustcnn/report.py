@@ -130,6 +130,8 @@ def results_to_csv(payload: Mapping[str, Any]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
     fields = _summary_fields(payload.get('results', {}))
+    if any('robust_top1' in metrics for metrics in payload.get('results', {}).values()) and 'robust_top1' not in fields:
+        fields.append('robust_top1')  # --attack: the strongest radius's
     writer.writerow(['model', 'checkpoint', 'dataset'] + fields)
     for dataset, metrics in payload.get('results', {}).items():
         row = [payload.get('model'), payload.get('checkpoint'), dataset]
@@ -192,7 +194,25 @@ def results_to_markdown(payload: Mapping[str, Any]) -> str:
     for dataset, metrics in results.items():
         if dataset in BENCHMARKS:
             lines += BENCHMARKS[dataset].report_details(metrics)
+    lines += _attack_markdown(results)
     return '\n'.join(lines) + '\n'
+
+
+def _attack_markdown(results: Mapping[str, Any]) -> list[str]:
+    """validate.py --attack: clean and robust top-1 of the same images, one row per dataset and radius."""
+    rows = []
+    for dataset, metrics in results.items():
+        attack = metrics.get('attack') or {}
+        for item in metrics.get('robust_top1_by_eps', []):
+            steps = attack.get('steps') if attack.get('steps') is not None else attack.get('version', '')
+            rows.append(f'| {dataset} | {attack.get("name")} | {attack.get("norm")} | {item["eps_text"]} | {steps} | '
+                        f'{format_cell(metrics.get("top1"))} | {format_cell(item["robust_top1"])} | '
+                        f'{metrics.get("num_samples")} |')
+    if not rows:
+        return []
+    return ['', '## Adversarial robustness (top-1 percent; robust = correct clean and attacked)', '',
+            '| Dataset | attack | norm | eps | steps | clean top-1 | robust top-1 | images |',
+            '|---|---|---|---|---|---:|---:|---:|'] + rows
 
 
 def write_results(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
@@ -209,7 +229,8 @@ def write_results(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
 
 
 def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """PNG: ImageNet-C error as a corruption x severity heat map and top-1 across the other sets as bars."""
+    """PNG: ImageNet-C error as a corruption x severity heat map, top-1 across the other sets as bars, and (--attack
+    with several radii) robust top-1 against eps."""
     import matplotlib
     matplotlib.use('Agg', force=True)
     from matplotlib import pyplot as plt
@@ -221,11 +242,27 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     from .benchmarks import BENCHMARKS
     own_panels = [(name, entry) for name, entry in results.items()
                   if name in BENCHMARKS and BENCHMARKS[name].has_figure_panel(entry)]
-    panels = int(bool(corruption and corruption.get('errors'))) + int(bool(accuracies)) + len(own_panels)
+    curves = {name: entry for name, entry in results.items() if len(entry.get('robust_top1_by_eps', [])) > 1}
+    panels = (int(bool(corruption and corruption.get('errors'))) + int(bool(accuracies)) + len(own_panels)
+              + int(bool(curves)))
     if panels == 0:
         raise ValueError('nothing to plot: no ImageNet-C errors and no top-1 results')
     figure, axes = plt.subplots(1, panels, figsize=(7 * panels, 6), squeeze=False)
     axes = list(axes[0])
+    if curves:  # --attack with several radii: robust top-1 against eps, clean top-1 at eps 0
+        axis = axes.pop()
+        for name, entry in curves.items():
+            points = sorted((item['eps'], item['robust_top1'], item['eps_text'])
+                            for item in entry['robust_top1_by_eps'])
+            axis.plot([0.0] + [point[0] for point in points], [entry['top1']] + [point[1] for point in points],
+                      marker='o', label=name)
+        axis.set_xticks([0.0] + [point[0] for point in points], ['0'] + [point[2] for point in points])
+        attack = next(iter(curves.values())).get('attack', {})
+        axis.set_xlabel(f'{attack.get("norm", "")} radius eps (pixels in [0, 1])')
+        axis.set_ylabel('robust top-1 accuracy (%)')
+        axis.set_ylim(0, 100)
+        axis.set_title(f'{payload.get("model")}: {attack.get("name", "attack")} robust accuracy')
+        axis.legend()
     if corruption and corruption.get('errors'):
         axis = axes.pop(0)
         errors = corruption['errors']

@@ -23,7 +23,7 @@ from ..data.loader import default_workers
 from ..engine.runtime import AMP_DTYPES
 from ..report import check_results_path, readme_row, write_figure, write_results
 from . import BENCHMARKS, DEFAULT_DATASET, SUITE_ORDER, get_benchmark
-from .base import DatasetLayoutError, PreparedData, normalized_name
+from .base import ClassFolderBenchmark, DatasetLayoutError, PreparedData, normalized_name
 from .context import EvaluationContext, model_record
 
 __all__ = ['ValidationRequest', 'infer_dataset', 'find_suite_datasets', 'load_eval_model', 'run_validation',
@@ -77,6 +77,7 @@ class ValidationRequest:
     objectnet_pooling: str = 'max'
     # shape bias / model-vs-human sets: model-vs-human's raw-data/ folder (human trials) for the human-likeness metrics
     human_data: str | None = None
+    attack: Any = None  # robustcnn.adversarial.AttackSpec: score robust accuracy instead (see adversarial/)
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -271,6 +272,13 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
         datasets = {name: Path(request.data_dir)}
     for name, path in datasets.items():
         get_benchmark(name).check_exists(path)
+    if request.attack is not None:
+        from ..adversarial.evaluation import check_attack_request
+        check_attack_request(request.attack, list(datasets), runtime.kind, request.decode_on_device)
+        own_metric = [name for name in datasets if type(get_benchmark(name)).score is not ClassFolderBenchmark.score]
+        if own_metric:
+            raise UsageError(f'--attack measures top-1 under attack on class-folder sets; {", ".join(own_metric)} '
+                             f'score(s) a metric of their own; leave them out (with --suite: --datasets)')
 
     # 2. checkpoint file (its metadata may name the model and the classes)
     checkpoint = load_checkpoint_file(request.checkpoint) if request.checkpoint else None
@@ -335,7 +343,14 @@ def _score_all(context: EvaluationContext, prepared: Mapping[str, PreparedData])
     request, runtime = context.request, context.runtime
     payload: dict[str, Any] = {'model': context.model_name, 'checkpoint': request.checkpoint, 'results': {}}
     for name, data in prepared.items():
-        entry = get_benchmark(name).score(context, data)
+        benchmark = get_benchmark(name)
+        if request.attack is not None:  # any set: robust accuracy under the attack instead of the set's own score
+            from ..adversarial.evaluation import run_attack
+            preprocessing = context.preprocessing(benchmark)
+            entry = run_attack(context, name, data, preprocessing, context.preprocessing_record(preprocessing),
+                               store=context.resume_store(f'{name}.attack', data, preprocessing))
+        else:
+            entry = benchmark.score(context, data)
         context.results[name] = entry
         payload['results'][name] = entry
         if request.suite:

@@ -100,6 +100,7 @@ def train_one_epoch(
         save_recovery: Callable[[int, int, dict[str, float]], None] | None = None,
         carried: dict[str, float] | None = None,
         tracker: Any = None,
+        adversary: Callable[..., torch.Tensor] | None = None,
 ) -> EpochResult:
     """Train over ``loader`` (the epoch's batches from ``start_batch`` on) and return its statistics.
 
@@ -110,6 +111,8 @@ def train_one_epoch(
     updates with the epoch's totals so far (all processes summed: ``loss_sum``, ``num_samples``, ``failed_images``);
     passing them back as ``carried`` after a mid-epoch resume makes the epoch's statistics those of the whole epoch.
     ``tracker`` (a :class:`robustcnn.tracking.Tracker`) gets the progress line's numbers at step ``num_updates``.
+    ``adversary(model, images, targets, loss_fn)`` (adversarial training) replaces each batch by its attacked
+    version (robustcnn/adversarial/training.py); it draws from the same per-batch seeded generators, so resume stays exact.
     """
     model.train()
     device = runtime.device
@@ -170,6 +173,8 @@ def train_one_epoch(
         images, targets = runtime.prepare_batch(batch.images, batch.targets, transform=mixup)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if adversary is not None:  # on the plain module: the attack's passes are no DDP step and sync nothing
+            images = adversary(unwrap_model(model), images, targets, loss_fn)
 
         group_start = (batch_index // accum_steps) * accum_steps
         group_size = min(accum_steps, num_batches - group_start)

@@ -296,6 +296,7 @@ class _Trainer:
         except ValueError as error:
             raise UsageError(str(error)) from None
         self.scaler = torch.amp.GradScaler(runtime.kind) if self.amp_dtype == torch.float16 else None
+        self.adversary = self._build_adversary()
         _logger.info('recipe: %s lr %.3e (total batch %d = %d x %d devices x %d accumulation steps), '
                      '%s schedule over %d epochs, %d batches and %d updates per epoch',
                      args.opt, self.recipe.learning_rate, self.recipe.total_batch_size, args.batch_size,
@@ -361,6 +362,21 @@ class _Trainer:
         self.tracker = build_tracker(args, self.run_dir, is_main=runtime.is_main, config=vars(args),
                                      purge_step=self.resume.num_updates + 1 if resumed else 0, resume=resumed,
                                      default_name=self.run_dir.name)
+
+    def _build_adversary(self) -> Any:
+        """--adv-train: the batches' attacker (robustcnn/adversarial/training.py), or None."""
+        from ..adversarial.spec import adversarial_training_spec
+        spec = adversarial_training_spec(self.args)
+        if spec is None:
+            return None
+        from ..adversarial.training import AdversarialBatches
+        adversary = AdversarialBatches(spec, self.data_config['mean'], self.data_config['std'],
+                                       autocast=lambda: self.runtime.autocast(self.amp_dtype))
+        _logger.info('adversarial training: %s', adversary.describe())
+        if self.recipe.mixup is not None:
+            _logger.info('adversarial training with mixup/cutmix on; Bai et al. (2021) train their CNNs '
+                         'adversarially with --mixup 0 --cutmix 0 --reprob 0 (TRAIN.md)')
+        return adversary
 
     def metadata(self) -> dict[str, Any]:
         """What validate.py needs to use the weights without the training command: labels and preprocessing."""
@@ -437,7 +453,7 @@ class _Trainer:
             scaler=self.scaler, model_ema=self.model_ema, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
             amp_dtype=self.amp_dtype, channels_last=args.channels_last, log_interval=args.log_interval,
             recovery_interval=args.recovery_interval, save_recovery=save_recovery, carried=carried,
-            tracker=self.tracker)
+            tracker=self.tracker, adversary=self.adversary)
 
     def run(self) -> TrainingOutcome:
         args, runtime, recipe = self.args, self.runtime, self.recipe
