@@ -1,30 +1,51 @@
-"""Evaluation sets, one module each; ``BENCHMARKS`` maps the ``--dataset`` names to them, in suite order."""
+"""Evaluation sets, one module each; ``BENCHMARKS`` maps the ``--dataset`` names to them, in suite order.
+
+The set modules load torch (through the data loaders), so they are imported on first use of ``BENCHMARKS`` (or of
+any class exported here), not by ``import robustcnn.benchmarks``: validate.py takes its ``--dataset`` choices from
+:data:`BENCHMARK_NAMES` and answers ``--help`` before torch is loaded.
+"""
 from __future__ import annotations
 
-from .base import Benchmark, ClassFolderBenchmark, DatasetLayoutError, PreparedData
-from .folder import ClassFolder
-from .imagenet import ImageNet
-from .imagenet_a import ImageNetA
-from .imagenet_c import ImageNetC
-from .imagenet_r import ImageNetR
-from .imagenet_sketch import ImageNetSketch
-from .imagenet_v2 import ImageNetV2
-from .stylized_imagenet import StylizedImageNet
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ['BENCHMARKS', 'SUITE_ORDER', 'get_benchmark', 'Benchmark', 'ClassFolderBenchmark', 'DatasetLayoutError',
-           'PreparedData']
+if TYPE_CHECKING:
+    from .base import Benchmark, ClassFolderBenchmark, DatasetLayoutError, PreparedData
 
-BENCHMARKS: dict[str, Benchmark] = {benchmark.name: benchmark for benchmark in (
-    ImageNet(), StylizedImageNet(), ImageNetC(), ImageNetR(), ImageNetSketch(), ImageNetA(), ImageNetV2(),
-    ClassFolder(),
-)}
+__all__ = ['BENCHMARKS', 'BENCHMARK_NAMES', 'SUITE_ORDER', 'get_benchmark', 'Benchmark', 'ClassFolderBenchmark',
+           'DatasetLayoutError', 'PreparedData']
+
+# --dataset name -> (module, class); each class's ``name`` is its key (a test checks it).
+_SET_CLASSES: dict[str, tuple[str, str]] = {
+    'imagenet': ('imagenet', 'ImageNet'),
+    'stylized-imagenet': ('stylized_imagenet', 'StylizedImageNet'),
+    'imagenet-c': ('imagenet_c', 'ImageNetC'),
+    'imagenet-r': ('imagenet_r', 'ImageNetR'),
+    'imagenet-sketch': ('imagenet_sketch', 'ImageNetSketch'),
+    'imagenet-a': ('imagenet_a', 'ImageNetA'),
+    'imagenet-v2': ('imagenet_v2', 'ImageNetV2'),
+    'folder': ('folder', 'ClassFolder'),
+}
+BENCHMARK_NAMES: tuple[str, ...] = tuple(_SET_CLASSES)
 # Clean ImageNet first: its error feeds ImageNet-C's relative mCE in the same run.
 SUITE_ORDER: tuple[str, ...] = ('imagenet', 'stylized-imagenet', 'imagenet-c', 'imagenet-r', 'imagenet-sketch',
                                 'imagenet-a', 'imagenet-v2')
+_BASE_NAMES = ('Benchmark', 'ClassFolderBenchmark', 'DatasetLayoutError', 'PreparedData')
+
+
+def __getattr__(name: str) -> Any:
+    if name == 'BENCHMARKS':
+        benchmarks = {key: getattr(importlib.import_module(f'.{module}', __name__), cls)()
+                      for key, (module, cls) in _SET_CLASSES.items()}
+        globals()['BENCHMARKS'] = benchmarks  # built once
+        return benchmarks
+    if name in _BASE_NAMES:
+        return getattr(importlib.import_module('.base', __name__), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def get_benchmark(name: str) -> Benchmark:
     try:
-        return BENCHMARKS[name]
+        return (globals().get('BENCHMARKS') or __getattr__('BENCHMARKS'))[name]
     except KeyError:
-        raise ValueError(f'unknown dataset {name!r}; expected one of {", ".join(BENCHMARKS)}') from None
+        raise ValueError(f'unknown dataset {name!r}; expected one of {", ".join(BENCHMARK_NAMES)}') from None

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
@@ -11,6 +10,7 @@ from torch.utils.data import DataLoader
 from ..cli import UsageError
 from ..data.folder import ClassFolderDataset
 from ..data.samplers import ShardedEvalSampler
+from ..engine.runtime import usable_cpu_count
 
 __all__ = ['EvalBatch', 'stack_images', 'collate_eval_batch', 'build_eval_loader', 'default_workers']
 
@@ -61,7 +61,7 @@ def collate_eval_batch(batch: Sequence[tuple[Any, int, int, int]]) -> EvalBatch:
 
 
 def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return usable_cpu_count()
 
 
 def default_workers() -> int:
