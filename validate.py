@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 from typing import TYPE_CHECKING, Sequence
 
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='ImageNet-C: record finished folders for resuming every N batches')
     group = parser.add_argument_group('running')
     group.add_argument('-b', '--batch-size', type=int, default=64, help='images per batch and device')
-    group.add_argument('-j', '--workers', type=int, default=None, help='loader processes (default: min(8, usable cores))')
+    group.add_argument('-j', '--workers', type=int, default=None,
+                       help='loader processes (default: min(8, usable cores))')
     group.add_argument('--threads', type=int, default=None, metavar='N',
                        help='torch threads per process (default on a CPU: the usable cores, i.e. affinity and cgroup '
                             'quota, divided by the processes on this machine)')
@@ -181,7 +183,7 @@ def _run(args: argparse.Namespace, request: ValidationRequest) -> int:
     except (RuntimeError, ValueError) as error:
         raise UsageError(str(error)) from None
     setup_logging(runtime.is_main)
-    runtime.configure_threads(args.threads)
+    runtime.configure_threads(args.threads, log_level=logging.DEBUG)  # before its data checks' one-line errors
     # --batch-size is per device, as in train.py: an XLA host feeds all its chips from one loader
     request.batch_size = runtime.process_batch_size(request.batch_size)
     # Speed defaults: bf16 autocast and channels-last on CUDA unless --no-amp / --no-channels-last say otherwise.

@@ -30,7 +30,12 @@ class _RegisterWhenTimmLoads(importlib.abc.MetaPathFinder):
         if name != 'timm':
             return None
         sys.meta_path.remove(self)  # fire once; also keeps the lookup below from finding this finder again
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        spec = None
+        for finder in sys.meta_path:  # whichever finder would have found timm (site-packages, an editable install)
+            find = getattr(finder, 'find_spec', None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                break
         if spec is None or spec.loader is None or not hasattr(spec.loader, 'exec_module'):
             return spec
         loader = spec.loader

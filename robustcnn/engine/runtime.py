@@ -281,9 +281,10 @@ class Runtime:
         """This process's share of the usable cores: all of them, or an equal part for each torchrun process."""
         return cpu_threads()[0]
 
-    def configure_threads(self, threads: int | None = None) -> int:
+    def configure_threads(self, threads: int | None = None, log_level: int = logging.INFO) -> int:
         """Set torch's intra-op threads: ``threads`` when given (``--threads``), else on a CPU run the process's
-        share of the usable cores (:func:`cpu_threads`). Returns the number in use.
+        share of the usable cores (:func:`cpu_threads`). Returns the number in use; the choice is logged at
+        ``log_level`` (validate.py: DEBUG, so that its data checks' errors stay one line).
 
         torch's own default is the host's physical cores, whatever the affinity, the cgroup quota or the processes
         beside it. ``OMP_NUM_THREADS`` set by the user is kept outside torchrun (torchrun itself sets it to 1 for
@@ -303,7 +304,7 @@ class Runtime:
                 threads, reason = cpu_threads()
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
-        _logger.info('using %d torch thread(s) (%s)', threads, reason)
+        _logger.log(log_level, 'using %d torch thread(s) (%s)', threads, reason)
         return threads
 
     def loader_workers(self, requested: int) -> int:

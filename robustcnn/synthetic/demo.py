@@ -44,7 +44,7 @@ DATASETS: tuple[tuple[str, str, str, str], ...] = (
     ('stylized-imagenet', 'stylized-imagenet', 'stylized', 'stylized (textures swapped)'),
     ('imagenet-sketch', 'imagenet-sketch', 'sketch', 'sketch (outlines)'),
     ('rendition', 'folder', 'rendition', 'rendition (cartoons)'),
-    ('imagenet-c', 'imagenet-c', 'corruption', 'corruptions (15 x 5)'),
+    ('imagenet-c', 'imagenet-c', 'corruption', 'synthetic corruptions (15 x 5)'),
 )
 TEXTURE_KEY = 'stylized-texture'
 NUM_CLASSES = len(CLASS_NAMES)
@@ -60,7 +60,7 @@ HEADLINES: tuple[tuple[str, str], ...] = (
 )
 SKETCH_NOTE = ('Sketch is the hardest shift here by design: a 1-2 px pencil line on blank paper has no filled region, '
                'colour or texture, while every training image is a filled, textured shape; rendition keeps the '
-               'filled silhouette (in a flat colour) and scores far higher.')
+               'filled silhouette (in a flat colour), which is why it is much easier.')
 STATE_NAME = 'demo-state.json'
 
 
