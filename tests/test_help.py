@@ -6,7 +6,6 @@ import argparse
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -18,12 +17,8 @@ from robustcnn.synthetic.demo import build_parser as demo_parser
 
 from helpers_train import REPO_ROOT, subprocess_env
 
-# (script as the docs write it, how a test runs it)
-_COMMANDS = {
-    'train.py': ['train.py'],
-    'validate.py': ['validate.py'],
-    'scripts/demo.py': ['scripts/demo.py'],
-}
+# our scripts as the docs write them
+_COMMANDS = ('train.py', 'validate.py', 'scripts/demo.py')
 _PROBE = '''
 import runpy, sys
 sys.argv = {argv!r}
