@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .cli import DefaultsHelpFormatter, UsageError, run_cli
+from .cli import DefaultsHelpFormatter, OneLineErrorParser, UsageError, run_cli
 
 # Commands with a command line of their own: name -> (module whose main(argv, prog) runs it, one-line help).
 # Everything after the name is handed over unparsed, so `robustcnn NAME --help` is that command's own help.
@@ -68,7 +68,7 @@ def convert(checkpoint: Path, output: Path, use_ema: bool) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog='robustcnn', description='Robust-ResNet models for timm: list them, convert checkpoints, run the demo. '
         'Without a command: the version and the registered models.', formatter_class=DefaultsHelpFormatter)
     commands = parser.add_subparsers(dest='command', metavar='COMMAND')
