@@ -193,31 +193,3 @@ def test_other_models_get_64_px_arguments_and_the_recipe() -> None:
     args = parse_train_args(training_flags(DemoOptions(), Path('/data'), 'run'))  # train.py accepts them all
     assert args.model_kwargs == {'patch_size': 8, 'kernel_size': 7} and args.img_size == 64 and args.crop_pct == 1.0
 
-
-def test_the_demo_warms_up_per_update_and_a_resume_lands_on_the_same_rate() -> None:
-    """One warm-up epoch of 12 stepped per epoch would run all of epoch 0 at --warmup-lr; per update it ramps."""
-    import timm
-    import robustcnn  # noqa: F401
-    from robustcnn.config import parse_train_args
-    from robustcnn.engine.trainer import build_recipe
-
-    args = parse_train_args(training_flags(DemoOptions(), Path('/data'), 'run'))
-    assert args.sched_on_updates and args.warmup_epochs == 1 and args.resume == 'auto'
-
-    def rates(steps: int) -> list[float]:
-        recipe = build_recipe(args, timm.create_model('robust_resnet_dw_pico', num_classes=10), 10, 1, 20)
-        recipe.scheduler.step(0)
-        values = []
-        for update in range(1, steps + 1):
-            recipe.scheduler.step_update(update)
-            values.append(recipe.optimizer.param_groups[0]['lr'])
-        return values
-
-    ramp = rates(20)  # 20 updates per epoch: the warm-up is updates 0..19, then the cosine starts near the peak
-    expected = [1e-5 + (3e-3 - 1e-5) * update / 20 for update in range(1, 20)]  # timm: warmup_lr + t * step
-    assert all(math.isclose(rate, value, rel_tol=1e-9) for rate, value in zip(ramp[:19], expected))
-    assert 2.9e-3 < ramp[19] < 3e-3
-    resumed = build_recipe(args, timm.create_model('robust_resnet_dw_pico', num_classes=10), 10, 1, 20)
-    resumed.scheduler.step(0)  # what the trainer does on resume: epoch, then the update count
-    resumed.scheduler.step_update(7)
-    assert resumed.optimizer.param_groups[0]['lr'] == ramp[6]
