@@ -12,17 +12,20 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from robustcnn.cli import pretrained_download
     from robustcnn.config import parse_train_args
-    from robustcnn.engine.train_loop import NonFiniteLossError
-    from robustcnn.engine.trainer import run_training
 
-    args = parse_train_args(argv)
-    try:
-        run_training(args)
-    except NonFiniteLossError as error:
-        logging.getLogger('train').error('%s', error)
-        print(f'train.py: error: {error}', file=sys.stderr)
-        return 3
+    args = parse_train_args(argv)  # before torch and timm are loaded: --help and flag errors answer at once
+    with pretrained_download(args.pretrained):  # offline: one line instead of a minute of retries
+        from robustcnn.engine.train_loop import NonFiniteLossError
+        from robustcnn.engine.trainer import run_training
+
+        try:
+            run_training(args)
+        except NonFiniteLossError as error:
+            logging.getLogger('train').error('%s', error)
+            print(f'train.py: error: {error}', file=sys.stderr)
+            return 3
     return 0
 
 

@@ -11,25 +11,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
+# Only what parsing needs: torch and timm are loaded after the arguments are checked (see robustcnn/__init__.py).
 from robustcnn.adversarial.spec import add_attack_arguments, attack_spec_from_args
-from robustcnn.benchmarks import BENCHMARKS, SUITE_ORDER
-from robustcnn.benchmarks.runner import ValidationRequest, run_validation
-from robustcnn.cli import OneLineErrorParser, UsageError, run_cli, setup_logging
-from robustcnn.config import INTERPOLATIONS, check_normalization
-from robustcnn.data.transforms import RESIZE_MODES
-from robustcnn.engine.runtime import AMP_DTYPES, init_runtime
-from robustcnn.report import check_output_file, results_to_markdown
+from robustcnn.benchmarks import BENCHMARK_NAMES, SUITE_ORDER
+from robustcnn.cli import (DefaultsHelpFormatter, OneLineErrorParser, UsageError, pretrained_download, run_cli,
+                           setup_logging)
+from robustcnn.config import INTERPOLATIONS, RESIZE_MODES, check_normalization
+
+if TYPE_CHECKING:
+    from robustcnn.benchmarks.runner import ValidationRequest
+
+AMP_DTYPE_NAMES = ('bfloat16', 'float16')  # robustcnn.engine.runtime.AMP_DTYPES' keys (a test checks they agree)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         description='Evaluate a timm / Robust-ResNet model on ImageNet and its robustness benchmarks.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument('data', metavar='DATA_DIR', help='dataset folder (with --suite: the folder holding them all)')
-    parser.add_argument('--dataset', '-d', choices=list(BENCHMARKS), default=None,
+    parser.add_argument('--dataset', '-d', choices=BENCHMARK_NAMES, default=None,
                         help='evaluation set; inferred from the release flags or the folder when omitted')
     group = parser.add_argument_group('model')
     group.add_argument('--model', '-m', default=None, help='timm model name (default: the checkpoint\'s metadata)')
@@ -47,11 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
                             'ImageNet-C, cue-conflict and the model-vs-human sets: already 224x224), resize (squash '
                             'to the input size)')
     group.add_argument('--img-size', type=int, default=None, metavar='N', help='input image size')
-    group.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'))
+    group.add_argument('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'),
+                       help='input size C H W (default: the checkpoint\'s or model cfg\'s)')
     group.add_argument('--crop-pct', type=float, default=None, help='center crop fraction (resize_center_crop)')
     group.add_argument('--interpolation', default='', help='resize interpolation (default: model cfg, bicubic)')
-    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN')
-    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD')
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN',
+                       help='normalization mean per channel (default: the checkpoint\'s or model cfg\'s)')
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD',
+                       help='normalization std per channel (default: the checkpoint\'s or model cfg\'s)')
     group.add_argument('--normalize', action='store_true',
                        help='accepted for the original release\'s commands; normalization with the model\'s '
                             'mean/std is always applied')
@@ -88,8 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                             'folder; adds accuracy difference, observed and error consistency with the humans')
     add_attack_arguments(parser)
     group = parser.add_argument_group('running')
-    group.add_argument('-b', '--batch-size', type=int, default=64)
-    group.add_argument('-j', '--workers', type=int, default=None, help='loader processes (default: min(8, cores))')
+    group.add_argument('-b', '--batch-size', type=int, default=64, help='images per batch and device')
+    group.add_argument('-j', '--workers', type=int, default=None,
+                       help='loader processes (default: min(8, usable cores))')
+    group.add_argument('--threads', type=int, default=None, metavar='N',
+                       help='torch threads per process (default on a CPU: the usable cores, i.e. affinity and cgroup '
+                            'quota, divided by the processes on this machine)')
     group.add_argument('--pin-mem', action='store_true', help='pin host memory for faster copies to the GPU')
     group.add_argument('--decode-on-device', action='store_true',
                        help='decode JPEGs in batches on the device (nvJPEG on CUDA) and resize there; workers only '
@@ -98,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help='xla: every TPU chip of this host (SPMD); auto picks it when PJRT_DEVICE is set')
     group.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
                        help='mixed precision (autocast) with --amp-dtype (default: on for CUDA, off on CPU)')
-    group.add_argument('--amp-dtype', default='bfloat16', choices=list(AMP_DTYPES))
+    group.add_argument('--amp-dtype', default='bfloat16', choices=AMP_DTYPE_NAMES, help='autocast dtype with --amp')
     group.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
                        help='channels-last memory format (default: on for CUDA, off on CPU)')
     group.add_argument('--log-freq', type=int, default=50, help='progress line every N batches')
@@ -113,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def request_from_args(args: argparse.Namespace) -> ValidationRequest:
     """Map the command line (release flags included) onto one request."""
+    from robustcnn.benchmarks.runner import ValidationRequest
     dataset = args.dataset
     for flag, implied in (('evaluate_imagenet_c', 'imagenet-c'), ('evaluate_imagenet_r', 'imagenet-r')):
         if getattr(args, flag):
@@ -124,7 +136,7 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
     dataset_dirs = {}
     for item in args.dataset_dir:
         name, separator, path = item.partition('=')
-        if not separator or name not in BENCHMARKS:
+        if not separator or name not in BENCHMARK_NAMES:
             raise UsageError(f'--dataset-dir expects NAME=PATH with NAME in {", ".join(SUITE_ORDER)}, got {item!r}')
         dataset_dirs[name] = path
     suite_datasets = None
@@ -135,6 +147,8 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
             raise UsageError(f'--datasets: unknown {", ".join(unknown)}; choose from {", ".join(SUITE_ORDER)}')
     if args.workers is not None and args.workers < 0:
         raise UsageError(f'--workers must be 0 or more, got {args.workers}')
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f'--threads must be at least 1, got {args.threads}')
     if args.save_every <= 0:
         raise UsageError(f'--save-every must be positive, got {args.save_every}')
     if args.log_freq < 0:
@@ -167,20 +181,32 @@ def request_from_args(args: argparse.Namespace) -> ValidationRequest:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    request = request_from_args(args)
     if args.figure and not args.figure.lower().endswith('.png'):
         raise UsageError(f'--figure must end in .png, got {args.figure}')
     from robustcnn.tracking import check_tracking_args
     check_tracking_args(args)
+    request = request_from_args(args)
+    with pretrained_download(args.pretrained):  # offline: one line instead of a minute of retries
+        return _run(args, request)
+
+
+def _run(args: argparse.Namespace, request: ValidationRequest) -> int:
+    """Everything after parsing: torch and timm load here."""
+    from robustcnn.benchmarks.runner import run_validation
+    from robustcnn.engine.runtime import AMP_DTYPES, init_runtime
+    from robustcnn.report import check_output_file, results_to_markdown
+
     for flag, path in (('--results-file', args.results_file), ('--figure', args.figure),
                        ('--partial-results', args.partial_results)):
         if path:  # before any work: a finished evaluation must have somewhere to go
             check_output_file(path, flag)
+
     try:
         runtime = init_runtime(args.device)
     except (RuntimeError, ValueError) as error:
         raise UsageError(str(error)) from None
     setup_logging(runtime.is_main)
+    runtime.configure_threads(args.threads, log_level=logging.DEBUG)  # before its data checks' one-line errors
     # --batch-size is per device, as in train.py: an XLA host feeds all its chips from one loader
     request.batch_size = runtime.process_batch_size(request.batch_size)
     # Speed defaults: bf16 autocast and channels-last on CUDA unless --no-amp / --no-channels-last say otherwise.
@@ -188,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     request = dataclasses.replace(
         request, amp_dtype=args.amp_dtype if (args.amp if args.amp is not None else on_cuda) else None,
         channels_last=args.channels_last if args.channels_last is not None else on_cuda)
+    try:
+        runtime.check_amp_dtype(AMP_DTYPES[request.amp_dtype] if request.amp_dtype else None)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     with runtime.session():
         payload = run_validation(request, runtime)
     if runtime.is_main:

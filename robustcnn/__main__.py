@@ -12,21 +12,31 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
-import timm
-import torch
-
 from . import __version__
-from .checkpoint import (SAFETENSORS_METADATA_KEY, extract_state_dict, load_checkpoint_file, portable_metadata,
-                         save_safetensors)
-from .cli import UsageError, run_cli
+from .cli import DefaultsHelpFormatter, OneLineErrorParser, UsageError, run_cli
+
+# Commands with a command line of their own: name -> (module whose main(argv, prog) runs it, one-line help).
+# Everything after the name is handed over unparsed, so `robustcnn NAME --help` is that command's own help.
+FORWARDED_COMMANDS: dict[str, tuple[str, str]] = {
+    'demo': ('robustcnn.synthetic.demo', 'train and evaluate on the synthetic robustness benchmark (the same as '
+                                         'scripts/demo.py; "robustcnn demo --help" lists its options)'),
+    'study': ('robustcnn.study', 'compare models and design knobs over seeds on one benchmark (the same as '
+                                 'scripts/study.py; "robustcnn study --help" lists its options)'),
+    'speed': ('robustcnn.speed.cli', 'throughput and pipeline speed, the GPU device check (the same as '
+                                     'scripts/speed.py; "robustcnn speed --help" lists its options)'),
+}
 
 
 def list_models(show_params: bool) -> int:
+    import timm
+    import torch
+
     print(f'robustcnn {__version__} (timm {timm.__version__}, torch {torch.__version__})')
     print('registered models:')
     for name in timm.list_models('robust_resnet*'):
@@ -48,6 +58,10 @@ def convert(checkpoint: Path, output: Path, use_ema: bool) -> int:
     """
     if output.suffix != '.safetensors':
         raise UsageError(f'output {output} must end in .safetensors')
+    import torch
+
+    from .checkpoint import (SAFETENSORS_METADATA_KEY, extract_state_dict, load_checkpoint_file, portable_metadata,
+                             save_safetensors)
     loaded = load_checkpoint_file(checkpoint)
     state_dict = extract_state_dict(loaded, use_ema=use_ema)
     tensors = {key: value for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
@@ -76,6 +90,9 @@ def download(args: argparse.Namespace) -> int:
     from .models.released import download_weights
     if args.url and len(args.names) > 1:
         raise UsageError('--url is the source of one model; give one NAME with it')
+    import timm
+
+    import robustcnn  # noqa: F401  (registers the robust_resnet_* models)
     for name in args.names:
         if not timm.is_model(name):
             raise UsageError(f'unknown model {name!r}; see `robustcnn models`')
@@ -86,14 +103,19 @@ def download(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='robustcnn', description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest='command')
-    models = commands.add_parser('models', help='print the version and the registered models')
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog='robustcnn', description='Robust-ResNet models for timm: list them, convert or export checkpoints, fetch the '
+        'released weights, run the demo, a study or the speed tool. '
+        'Without a command: the version and the registered models.', formatter_class=DefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest='command', metavar='COMMAND')
+    models = commands.add_parser('models', help='print the version and the registered models',
+                                 formatter_class=DefaultsHelpFormatter)
     models.add_argument('--params', action='store_true', help='also print each model\'s parameter count')
-    converter = commands.add_parser('convert', help='convert a .pth/.pth.tar checkpoint to .safetensors')
-    converter.add_argument('checkpoint', type=Path)
-    converter.add_argument('output', type=Path)
+    converter = commands.add_parser('convert', help='convert a .pth/.pth.tar checkpoint to .safetensors',
+                                    formatter_class=DefaultsHelpFormatter)
+    converter.add_argument('checkpoint', type=Path, help='checkpoint to read (.pth, .pth.tar)')
+    converter.add_argument('output', type=Path, help='file to write (.safetensors)')
     converter.add_argument('--use-ema', action='store_true', help='take the EMA weights (state_dict_ema)')
     exporter = commands.add_parser('export', help='write a checkpoint as a folder in timm\'s Hugging Face Hub layout '
                                    '(model.safetensors, config.json, README.md model card)')
@@ -114,24 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     downloader.add_argument('--url', default=None, help='fetch from this URL instead of the released link (one NAME)')
     downloader.add_argument('--force', action='store_true', help='download again even if a verified copy is cached')
     downloader.add_argument('--quiet', action='store_true', help='no progress bar')
-    commands.add_parser('demo', add_help=False, help='train and evaluate on the synthetic robustness benchmark '
-                        '(scripts/demo.py; `robustcnn demo --help` lists its options)')
-    commands.add_parser('study', add_help=False, help='compare models and design knobs over seeds on one benchmark '
-                        '(scripts/study.py; `robustcnn study --help` lists its options)')
-    commands.add_parser('speed', add_help=False, help='throughput and pipeline speed, the GPU device check '
-                        '(scripts/speed.py; `robustcnn speed --help` lists its options)')
+    for name, (_, help_text) in FORWARDED_COMMANDS.items():
+        commands.add_parser(name, add_help=False, help=help_text)
     parser.add_argument('--params', action='store_true', help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ['demo']:  # everything after the word is the demo's own command line
-        from .synthetic.demo import main as demo_main
-        return demo_main(argv[1:])
-    if argv[:1] == ['study']:  # the same for the study
-        from .study import main as study_main
-        return study_main(argv[1:])
-    if argv[:1] == ['speed']:  # likewise the speed tool's
-        from .speed.cli import main as speed_main
-        return speed_main(argv[1:])
-    args = parser.parse_args(argv)
+    if argv[:1] and argv[0] in FORWARDED_COMMANDS:  # everything after the word is that command's own command line
+        module = importlib.import_module(FORWARDED_COMMANDS[argv[0]][0])
+        return module.main(argv[1:], prog=f'robustcnn {argv[0]}')
+    args = build_parser().parse_args(argv)
     if args.command == 'convert':
         return convert(args.checkpoint, args.output, args.use_ema)
     if args.command == 'export':

@@ -1,22 +1,46 @@
-"""Shared behaviour of the command lines: user mistakes become one line on stderr and exit status 2."""
+"""Shared behaviour of the command lines: user mistakes become one line on stderr and exit status 2.
+
+Imports nothing heavy (no torch, no timm): the command lines parse their arguments before loading those.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
 import signal
+import socket
 import sys
-from typing import Callable, NoReturn, Sequence
+import urllib.parse
+from typing import Callable, Iterator, NoReturn, Sequence
 
-from .checkpoint import CheckpointError, raised_by_interrupt
-from .data.label_space import LabelSpaceError
-
-__all__ = ['UsageError', 'USER_ERRORS', 'OneLineErrorParser', 'run_cli', 'setup_logging']
+__all__ = ['UsageError', 'user_errors', 'DefaultsHelpFormatter', 'OneLineErrorParser', 'run_cli', 'setup_logging',
+           'pretrained_download']
 
 
 class UsageError(ValueError):
     """Bad input from the user (arguments, paths, data layout); the message says what to do."""
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with every flag's default, said once.
+
+    argparse's ArgumentDefaultsHelpFormatter appends ``(default: X)`` to every help text, also to those that already
+    say their default in words (a default that depends on the device or on the model, stored as None), which printed
+    ``(default: the model's) (default: None)``. Here a help text that has its own "(default" is left alone, and a
+    None default without words reads "(default: not set)".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ''
+        if '%(default)' in text or '(default' in text or action.default is argparse.SUPPRESS:
+            return action.help
+        if not action.option_strings and action.nargs not in ('?', '*'):
+            return action.help  # a required positional has no default
+        if action.default is None:
+            return f'{text} (default: not set)'.lstrip()
+        return super()._get_help_string(action)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -29,9 +53,19 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise self.error_class(f'{message} (see {self.prog} --help)')
 
 
-# Errors that mean "the user gave us something wrong", reported without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, CheckpointError, LabelSpaceError, FileNotFoundError,
-                                                NotADirectoryError)
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the user gave us something wrong", reported without a traceback.
+
+    ``CheckpointError`` and ``LabelSpaceError`` live with the torch code (:mod:`robustcnn.checkpoint`,
+    :mod:`robustcnn.data`); each is only looked up once its module is loaded (nothing can have raised it before),
+    so that this module stays free of torch and ``--help`` stays fast.
+    """
+    errors: tuple[type[BaseException], ...] = (UsageError, FileNotFoundError, NotADirectoryError)
+    for module_name, error_name in (('checkpoint', 'CheckpointError'), ('data.label_space', 'LabelSpaceError')):
+        module = sys.modules.get(f'{__package__}.{module_name}')
+        if module is not None:
+            errors += (getattr(module, error_name),)
+    return errors
 
 
 def setup_logging(is_main: bool = True, log_file: str | os.PathLike | None = None) -> None:
@@ -46,6 +80,62 @@ def setup_logging(is_main: bool = True, log_file: str | os.PathLike | None = Non
         handlers=handlers,
         force=True,
     )
+
+
+HUB_PROBE_SECONDS = 3.0
+_PROXY_VARIABLES = ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY', 'all_proxy')
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """Why the Hugging Face Hub (``HF_ENDPOINT``) cannot be reached, or None when a connection opens (or a proxy or
+    ``HF_HUB_OFFLINE`` decides instead: a direct probe would say nothing about those)."""
+    if os.environ.get('HF_HUB_OFFLINE') or any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None
+    endpoint = urllib.parse.urlsplit(os.environ.get('HF_ENDPOINT') or 'https://huggingface.co')
+    host = endpoint.hostname or 'huggingface.co'
+    port = endpoint.port or (80 if endpoint.scheme == 'http' else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as error:
+        return f'{host}:{port} cannot be reached ({error.strerror or error})'
+
+
+@contextlib.contextmanager
+def pretrained_download(wanted: bool) -> Iterator[None]:
+    """Around a run that may download ``--pretrained`` weights: without network, fail fast with one line.
+
+    Offline, huggingface_hub retries every file five times with growing pauses (a minute of doubled warnings) and
+    then raises a generic error. So when the Hub cannot be reached, the run goes on in the Hub's offline mode (the
+    local cache still serves weights downloaded before) and a miss becomes ``no network: ...``. Call it before
+    huggingface_hub is imported: it reads ``HF_HUB_OFFLINE`` once, at import.
+    """
+    reason = hub_unreachable() if wanted else None
+    if reason:
+        os.environ['HF_HUB_OFFLINE'] = '1'
+        constants = sys.modules.get('huggingface_hub.constants')
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    except Exception as error:
+        errors = sys.modules.get('huggingface_hub.errors')
+        if reason and errors is not None and _caused_by(error, errors.LocalEntryNotFoundError):
+            raise UsageError(f'no network: --pretrained downloads the weights from the Hugging Face Hub, but '
+                             f'{reason}, and they are not in the local cache; connect to the network, or give the '
+                             f'weights as a file (--checkpoint / --initial-checkpoint)') from None
+        raise
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
@@ -68,7 +158,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         previous_handler = None
     try:
         code = main(argv)
-    except USER_ERRORS as error:
+    except user_errors() as error:
         if os.environ.get('ROBUSTCNN_TRACEBACK'):
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -83,7 +173,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except Exception as error:  # after BrokenPipeError, which is an Exception too
         # Ctrl-C also reaches the DataLoader workers, whose death the loader then reports as its own error, at
         # times after a library swallowed the main process's KeyboardInterrupt: any failure after Ctrl-C is it
-        if interrupts or raised_by_interrupt(error):
+        checkpoint = sys.modules.get(f'{__package__}.checkpoint')
+        if interrupts or (checkpoint is not None and checkpoint.raised_by_interrupt(error)):
             print(f'{prog}: interrupted', file=sys.stderr)
             sys.exit(130)
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):

@@ -19,11 +19,11 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .adversarial.spec import add_adversarial_training_arguments, check_adversarial_training_args
-from .cli import OneLineErrorParser, UsageError
+from .cli import DefaultsHelpFormatter, OneLineErrorParser, UsageError
 from .limits import CROP_PCT_RANGE
 
 __all__ = [
-    'INTERPOLATIONS', 'ConfigError', 'build_train_parser', 'parse_train_args', 'load_yaml_config',
+    'INTERPOLATIONS', 'RESIZE_MODES', 'ConfigError', 'build_train_parser', 'parse_train_args', 'load_yaml_config',
     'apply_yaml_defaults', 'args_to_yaml', 'check_normalization', 'effective_learning_rate', 'total_batch_size',
     'resolve_device_defaults',
 ]
@@ -100,7 +100,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     parser = TrainArgumentParser(
         prog='train.py',
         description='Train a Robust-ResNet (or any timm model) on an image-folder dataset with the DeiT recipe.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     bool_flag = argparse.BooleanOptionalAction
     add = parser.add_argument
@@ -115,13 +115,17 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--num-classes', type=_positive_int, default=None,
                        help='classifier size (default: the number of class folders)')
     group.add_argument('--img-size', type=_positive_int, default=None, help='input size (default: the model\'s)')
-    group.add_argument('--input-size', type=_positive_int, nargs=3, default=None, metavar=('C', 'H', 'W'))
+    group.add_argument('--input-size', type=_positive_int, nargs=3, default=None, metavar=('C', 'H', 'W'),
+                       help='input size C H W (default: the model\'s; --img-size sets H and W)')
     group.add_argument('--crop-pct', type=float, default=None, help='validation center-crop fraction')
-    group.add_argument('--mean', type=float, nargs='+', default=None)
-    group.add_argument('--std', type=float, nargs='+', default=None)
+    group.add_argument('--mean', type=float, nargs='+', default=None,
+                       help='normalization mean per channel (default: the model\'s)')
+    group.add_argument('--std', type=float, nargs='+', default=None,
+                       help='normalization std per channel (default: the model\'s)')
     group.add_argument('--interpolation', default='', help='validation resize interpolation (default: model\'s)')
     group.add_argument('-b', '--batch-size', type=_positive_int, default=128, help='per-device batch size')
-    group.add_argument('-vb', '--validation-batch-size', type=_positive_int, default=None)
+    group.add_argument('-vb', '--validation-batch-size', type=_positive_int, default=None,
+                       help='per-device validation batch size (default: --batch-size)')
     group.add_argument('-j', '--workers', type=_non_negative_int, default=6, help='data-loading processes per device')
     group.add_argument('--pin-mem', action=bool_flag, default=False, help='pin host memory for faster GPU copies')
 
@@ -133,24 +137,27 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='start from these weights')
     group.add_argument('--drop', type=_probability, default=0.0, help='classifier dropout')
     group.add_argument('--drop-path', type=_probability, default=0.1, help='stochastic depth rate')
-    group.add_argument('--grad-checkpointing', action=bool_flag, default=False)
+    group.add_argument('--grad-checkpointing', action=bool_flag, default=False,
+                       help='recompute activations in the backward pass (less memory, slower)')
     group.add_argument('--channels-last', action=bool_flag, default=None,
                        help='channels-last memory format (default: on with CUDA, off elsewhere)')
     group.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
                        help='torch.compile the model (default backend inductor)')
     group.add_argument('--sync-bn', action=bool_flag, default=False, help='synchronize BatchNorm across devices')
     group.add_argument('--model-ema', action=bool_flag, default=False, help='keep (and validate) an EMA of weights')
-    group.add_argument('--model-ema-decay', type=_probability, default=0.99996)
+    group.add_argument('--model-ema-decay', type=_probability, default=0.99996, help='EMA decay per update')
 
     group = parser.add_argument_group('optimizer')
     group.add_argument('--opt', default='adamw', help='timm optimizer name')
-    group.add_argument('--opt-eps', type=float, default=1e-8)
-    group.add_argument('--opt-betas', type=float, nargs='+', default=None)
-    group.add_argument('--momentum', type=float, default=0.9)
+    group.add_argument('--opt-eps', type=float, default=1e-8, help='optimizer epsilon')
+    group.add_argument('--opt-betas', type=float, nargs='+', default=None,
+                       help='optimizer betas, two values (default: the optimizer\'s)')
+    group.add_argument('--momentum', type=float, default=0.9, help='SGD momentum (momentum optimizers only)')
     group.add_argument('--weight-decay', type=_non_negative_float, default=0.05,
                        help='not applied to biases and 1-D parameters (norm weights)')
-    group.add_argument('--clip-grad', type=_non_negative_float, default=None, metavar='NORM')
-    group.add_argument('--clip-mode', default='norm', choices=['norm', 'value', 'agc'])
+    group.add_argument('--clip-grad', type=_non_negative_float, default=None, metavar='NORM',
+                       help='clip gradients at this norm or value (default: no clipping)')
+    group.add_argument('--clip-mode', default='norm', choices=['norm', 'value', 'agc'], help='how --clip-grad clips')
     group.add_argument('--grad-accum-steps', '--update_freq', '--update-freq', dest='grad_accum_steps',
                        type=_positive_int, default=1,
                        help='micro-batches per optimizer step (effective batch = batch x devices x this)')
@@ -159,60 +166,74 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--sched', default='cosine', help='timm scheduler name')
     group.add_argument('--sched-on-updates', action=bool_flag, default=False,
                        help='step the schedule every optimizer update instead of every epoch')
-    group.add_argument('--lr', type=_non_negative_float, default=5e-4)
+    group.add_argument('--lr', type=_non_negative_float, default=5e-4, help='peak learning rate (see --scale-lr)')
     group.add_argument('--scale-lr', action=bool_flag, default=False,
                        help='use lr x total batch / 512 (total batch = batch x devices x accumulation steps)')
-    group.add_argument('--lr-noise', type=float, nargs='+', default=None)
-    group.add_argument('--lr-noise-pct', type=float, default=0.67)
-    group.add_argument('--lr-noise-std', type=float, default=1.0)
-    group.add_argument('--lr-cycle-mul', type=float, default=1.0)
-    group.add_argument('--lr-cycle-decay', type=float, default=0.1)
-    group.add_argument('--lr-cycle-limit', type=_positive_int, default=1)
-    group.add_argument('--lr-k-decay', type=float, default=1.0)
-    group.add_argument('--warmup-lr', type=_non_negative_float, default=1e-6)
-    group.add_argument('--min-lr', type=_non_negative_float, default=1e-5)
-    group.add_argument('--epochs', type=_positive_int, default=300)
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None,
+                       help='epoch fraction(s) between which lr noise is added (default: no noise)')
+    group.add_argument('--lr-noise-pct', type=float, default=0.67, help='lr noise limit, fraction of the lr')
+    group.add_argument('--lr-noise-std', type=float, default=1.0, help='lr noise standard deviation')
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0, help='cycle length multiplier (restarts)')
+    group.add_argument('--lr-cycle-decay', type=float, default=0.1, help='lr multiplier at each restart')
+    group.add_argument('--lr-cycle-limit', type=_positive_int, default=1, help='number of cycles (restarts + 1)')
+    group.add_argument('--lr-k-decay', type=float, default=1.0, help='k-decay exponent of cosine/poly schedules')
+    group.add_argument('--warmup-lr', type=_non_negative_float, default=1e-6, help='lr at the warm-up\'s start')
+    group.add_argument('--min-lr', type=_non_negative_float, default=1e-5, help='lower bound of the schedule')
+    group.add_argument('--epochs', type=_positive_int, default=300, help='training epochs (before cool-down)')
     group.add_argument('--decay-epochs', type=float, default=90, help='step/multistep schedules only')
-    group.add_argument('--decay-milestones', type=int, nargs='+', default=[90, 180, 270])
-    group.add_argument('--decay-rate', '--dr', type=float, default=0.1)
-    group.add_argument('--warmup-epochs', type=_non_negative_int, default=5)
-    group.add_argument('--warmup-prefix', action=bool_flag, default=False)
-    group.add_argument('--cooldown-epochs', type=_non_negative_int, default=0)
-    group.add_argument('--patience-epochs', type=_non_negative_int, default=10)
+    group.add_argument('--decay-milestones', type=int, nargs='+', default=[90, 180, 270],
+                       help='multistep schedule only: epochs at which the lr decays')
+    group.add_argument('--decay-rate', '--dr', type=float, default=0.1, help='step/multistep/plateau lr factor')
+    group.add_argument('--warmup-epochs', type=_non_negative_int, default=5,
+                       help='linear warm-up from --warmup-lr (per update with --sched-on-updates)')
+    group.add_argument('--warmup-prefix', action=bool_flag, default=False,
+                       help='warm-up epochs come before the schedule instead of being part of it')
+    group.add_argument('--cooldown-epochs', type=_non_negative_int, default=0,
+                       help='epochs at --min-lr after the schedule')
+    group.add_argument('--patience-epochs', type=_non_negative_int, default=10,
+                       help='plateau schedule only: epochs without improvement before a decay')
 
     group = parser.add_argument_group('augmentation and regularization')
-    group.add_argument('--no-aug', action=bool_flag, default=False, help='resize/crop only, no augmentation')
+    group.add_argument('--no-aug', action='store_true', default=False, help='resize/crop only, no augmentation')
     group.add_argument('--scale', type=float, nargs=2, default=[0.08, 1.0], help='random-resized-crop area range')
-    group.add_argument('--ratio', type=float, nargs=2, default=[3. / 4., 4. / 3.])
-    group.add_argument('--hflip', type=_probability, default=0.5)
-    group.add_argument('--vflip', type=_probability, default=0.0)
+    group.add_argument('--ratio', type=float, nargs=2, default=[3. / 4., 4. / 3.],
+                       help='random-resized-crop aspect-ratio range')
+    group.add_argument('--hflip', type=_probability, default=0.5, help='horizontal flip probability')
+    group.add_argument('--vflip', type=_probability, default=0.0, help='vertical flip probability')
     group.add_argument('--color-jitter', type=float, default=0.4, help='unused when --aa is set (as in timm)')
     group.add_argument('--aa', default=DEFAULT_AUTO_AUGMENT, help='timm auto-augment policy; "none" disables')
     group.add_argument('--aug-repeats', type=_non_negative_int, default=3,
                        help='repeated augmentation count (0 or 1: off); used on one device too')
     group.add_argument('--reprob', type=_probability, default=0.25, help='random erasing probability')
-    group.add_argument('--remode', default='pixel', choices=['const', 'rand', 'pixel'])
-    group.add_argument('--recount', type=_positive_int, default=1)
+    group.add_argument('--remode', default='pixel', choices=['const', 'rand', 'pixel'], help='random erasing fill')
+    group.add_argument('--recount', type=_positive_int, default=1, help='random erasing count')
     group.add_argument('--mixup', type=_non_negative_float, default=0.8, help='mixup alpha (0: off)')
     group.add_argument('--cutmix', type=_non_negative_float, default=1.0, help='cutmix alpha (0: off)')
-    group.add_argument('--cutmix-minmax', type=float, nargs=2, default=None)
-    group.add_argument('--mixup-prob', type=_probability, default=1.0)
-    group.add_argument('--mixup-switch-prob', type=_probability, default=0.5)
-    group.add_argument('--mixup-mode', default='batch', choices=['batch', 'pair', 'elem'])
+    group.add_argument('--cutmix-minmax', type=float, nargs=2, default=None,
+                       help='cutmix box size range, overrides --cutmix alpha (default: not used)')
+    group.add_argument('--mixup-prob', type=_probability, default=1.0, help='probability of mixing a batch')
+    group.add_argument('--mixup-switch-prob', type=_probability, default=0.5,
+                       help='probability of cutmix instead of mixup when both are on')
+    group.add_argument('--mixup-mode', default='batch', choices=['batch', 'pair', 'elem'],
+                       help='mix per batch, per pair or per element')
     group.add_argument('--mixup-off-epoch', type=_non_negative_int, default=0, help='0: never turned off')
     group.add_argument('--smoothing', type=_probability, default=0.1, help='label smoothing')
     group.add_argument('--train-interpolation', default='bicubic', help='random-resized-crop interpolation')
 
     group = parser.add_argument_group('device and precision')
-    group.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'xla'])
+    group.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda', 'xla'],
+                       help='auto: xla when PJRT_DEVICE is set, else cuda when a GPU is visible, else cpu')
     group.add_argument('--amp', action=bool_flag, default=None,
                        help='mixed precision autocast (default: on with CUDA, off elsewhere; --no-amp to disable)')
     group.add_argument('--amp-dtype', default='bfloat16', choices=['bfloat16', 'float16'],
                        help='float16 uses a gradient scaler, bfloat16 does not need one')
+    group.add_argument('--threads', type=_positive_int, default=None, metavar='N',
+                       help='torch threads per process (default on a CPU: the usable cores, i.e. affinity and '
+                            'cgroup quota, divided by the processes on this machine)')
     group.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
 
     group = parser.add_argument_group('run, logging and checkpoints')
-    group.add_argument('--seed', type=_non_negative_int, default=0)
+    group.add_argument('--seed', type=_non_negative_int, default=0, help='seed of weights, data order, augmentation')
     group.add_argument('--output', default='./output/train', metavar='PATH', help='parent folder of run folders')
     group.add_argument('--experiment', default='', metavar='NAME',
                        help='run folder name under --output (default: date-model-size)')
@@ -431,6 +452,8 @@ def finalize_train_args(args: argparse.Namespace) -> None:
 # training interpolation) take only the first three, so the others cannot be combined with --aa.
 _GEOMETRIC_INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic')
 INTERPOLATIONS = _GEOMETRIC_INTERPOLATIONS + ('lanczos', 'box', 'hamming')
+# Evaluation resize modes (validate.py --resize-mode; implemented in robustcnn.data.transforms).
+RESIZE_MODES = ('resize_center_crop', 'resize', 'none')
 _MAX_SEED = 2 ** 32 - 1  # per-sample seeds are derived as seed * ~1e6 + ...; torch generators take 64 bits
 
 

@@ -21,13 +21,14 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .checkpoint import atomic_write_bytes
 from .cli import UsageError
 
-__all__ = ['RESULT_SUFFIXES', 'README_SETS', 'readme_columns', 'check_results_path', 'check_output_file',
+__all__ = ['RESULT_SUFFIXES', 'README_SETS', 'readme_columns', 'FigureBar', 'check_results_path', 'check_output_file',
            'write_results', 'results_to_json', 'results_to_csv', 'results_to_markdown', 'readme_row', 'write_figure',
            'round_floats', 'format_cell']
 
@@ -228,26 +229,44 @@ def write_results(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     return _write_or_fall_back(text.encode('utf-8'), path)
 
 
-def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """PNG: ImageNet-C error as a corruption x severity heat map, top-1 across the other sets as bars, and (--attack
-    with several radii) robust top-1 against eps."""
+@dataclass(frozen=True)
+class FigureBar:
+    """One bar of the figure's bar chart. ``kind`` 'accuracy' bars are read against the chance line; 'ratio' bars
+    (e.g. shape bias, a share of decisions) are drawn apart, hatched, and not compared with it."""
+
+    label: str
+    value: float
+    kind: str = 'accuracy'
+
+
+def write_figure(path: str | os.PathLike, payload: Mapping[str, Any], *, bars: Sequence[FigureBar] | None = None,
+                 chance: float | None = None, chance_label: str = 'chance', bar_title: str | None = None,
+                 corruption_title: str = 'ImageNet-C top-1 error (%)') -> Path:
+    """PNG: ImageNet-C error as a corruption x severity heat map, top-1 across the other sets as bars, the panels a
+    set draws itself (shape bias), and (--attack with several radii) robust top-1 against eps.
+
+    ``bars`` replaces the default bars (top-1 of every set but ImageNet-C); ``chance`` draws the top-1 of a guess
+    as a line; the titles name what the panels show (the demo's corruptions are synthetic, not ImageNet-C).
+    """
     import matplotlib
     matplotlib.use('Agg', force=True)
     from matplotlib import pyplot as plt
 
     results = payload.get('results', {})
     corruption = results.get('imagenet-c')
-    accuracies = [(name, entry['top1']) for name, entry in results.items()
-                  if name != 'imagenet-c' and entry.get('top1') is not None and math.isfinite(entry['top1'])]
+    if bars is None:
+        bars = [FigureBar(name, entry['top1']) for name, entry in results.items()
+                if name != 'imagenet-c' and entry.get('top1') is not None and math.isfinite(entry['top1'])]
+    bars = [bar for bar in bars if bar.value is not None and math.isfinite(bar.value)]
+    has_heat_map = bool(corruption and corruption.get('errors'))
     from .benchmarks import BENCHMARKS
     own_panels = [(name, entry) for name, entry in results.items()
                   if name in BENCHMARKS and BENCHMARKS[name].has_figure_panel(entry)]
     curves = {name: entry for name, entry in results.items() if len(entry.get('robust_top1_by_eps', [])) > 1}
-    panels = (int(bool(corruption and corruption.get('errors'))) + int(bool(accuracies)) + len(own_panels)
-              + int(bool(curves)))
+    panels = int(has_heat_map) + int(bool(bars)) + len(own_panels) + int(bool(curves))
     if panels == 0:
         raise ValueError('nothing to plot: no ImageNet-C errors and no top-1 results')
-    figure, axes = plt.subplots(1, panels, figsize=(7 * panels, 6), squeeze=False)
+    figure, axes = plt.subplots(1, panels, figsize=(7 * panels, 6.5), squeeze=False)
     axes = list(axes[0])
     if curves:  # --attack with several radii: robust top-1 against eps, clean top-1 at eps 0
         axis = axes.pop()
@@ -263,7 +282,7 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
         axis.set_ylim(0, 100)
         axis.set_title(f'{payload.get("model")}: {attack.get("name", "attack")} robust accuracy')
         axis.legend()
-    if corruption and corruption.get('errors'):
+    if has_heat_map:
         axis = axes.pop(0)
         errors = corruption['errors']
         names = list(errors)
@@ -278,22 +297,38 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
                 if math.isfinite(value):
                     axis.text(column, row, f'{value:.1f}', ha='center', va='center', fontsize=7,
                               color='white' if value > 50 else 'black')
-        title = 'ImageNet-C top-1 error (%)'
+        title = corruption_title
         if corruption.get('mean_corruption_error') is not None:
             title += f'\nmean {corruption["mean_corruption_error"]:.1f}'
         if corruption.get('mce') is not None:
             title += f', mCE {corruption["mce"]:.1f}'
         axis.set_title(title)
         figure.colorbar(image, ax=axis, label='top-1 error (%)')
-    if accuracies:
+    if bars:
         axis = axes.pop(0)
-        names, values = zip(*accuracies)
-        bars = axis.bar(names, values, color='tab:blue')
-        axis.bar_label(bars, fmt='%.1f')
-        axis.set_ylim(0, 100)
-        axis.set_ylabel('top-1 accuracy (%)')
-        axis.set_title(f'{payload.get("model")}: top-1 across evaluation sets')
-        axis.tick_params(axis='x', rotation=30)
+        positions = list(range(len(bars)))
+        accuracy = [index for index, bar in enumerate(bars) if bar.kind == 'accuracy']
+        drawn = axis.bar(positions, [bar.value for bar in bars],
+                         color=['tab:blue' if bar.kind == 'accuracy' else 'white' for bar in bars],
+                         edgecolor=['tab:blue' if bar.kind == 'accuracy' else 'tab:orange' for bar in bars],
+                         hatch=[None if bar.kind == 'accuracy' else '//' for bar in bars], linewidth=1.5)
+        axis.bar_label(drawn, fmt='%.1f')
+        ratios = [index for index, bar in enumerate(bars) if bar.kind == 'ratio']
+        if chance is not None and accuracy:
+            axis.hlines(chance, min(accuracy) - 0.4, max(accuracy) + 0.4, colors='tab:red', linestyles='--',
+                        label=f'{chance_label}: {chance:.0f}%')
+        if chance is not None and ratios:  # a share of two kinds of decisions: 50% prefers neither
+            axis.hlines(50.0, min(ratios) - 0.4, max(ratios) + 0.4, colors='tab:gray', linestyles=':',
+                        label='no preference (ratio): 50%')
+        if chance is not None:
+            axis.legend(loc='upper center', ncols=2, fontsize=8, frameon=False)
+        axis.set_xticks(positions, [_wrap(bar.label) for bar in bars], rotation=0, fontsize=8)
+        axis.set_ylim(0, 112)
+        axis.set_yticks(range(0, 101, 20))
+        kinds = {bar.kind for bar in bars}
+        axis.set_ylabel('top-1 accuracy (%)' if kinds == {'accuracy'} else
+                        'percent (blue: top-1 accuracy; hatched: a ratio, not an accuracy)')
+        axis.set_title(bar_title or f'{payload.get("model")}: top-1 across evaluation sets')
     for name, entry in own_panels:  # panels a set draws itself (Benchmark.draw_figure_panel)
         BENCHMARKS[name].draw_figure_panel(axes.pop(0), entry, str(payload.get('model')))
     figure.tight_layout()
@@ -301,6 +336,12 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     figure.savefig(buffer, format='png', dpi=110)
     plt.close(figure)
     return _write_or_fall_back(buffer.getvalue(), check_png_path(path))
+
+
+def _wrap(label: str, width: int = 16) -> str:
+    """A bar label over several short lines, so long labels stay readable without rotating them."""
+    import textwrap
+    return '\n'.join(textwrap.wrap(label, width)) or label
 
 
 def check_png_path(path: str | os.PathLike) -> Path:

@@ -595,12 +595,12 @@ def run_study(options: StudyOptions) -> tuple[Path, Path, Path]:
     return write_report(output)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = 'study.py') -> argparse.ArgumentParser:
     from .synthetic.demo import DemoOptions
 
     defaults = DemoOptions()
     parser = OneLineErrorParser(
-        prog='study.py', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description='Train a grid of models and model arguments with one recipe on one benchmark (the built-in '
                     'synthetic one by default), evaluate every run on every shift, and tabulate clean vs '
                     'out-of-distribution accuracy with the spread over seeds (study.md, study.json, study.png).')
@@ -641,11 +641,11 @@ def options_from_args(args: argparse.Namespace) -> StudyOptions:
                         benchmark_sizes=sizes, report_only=args.report_only)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = 'study.py') -> int:
     from .cli import setup_logging
 
     setup_logging(True)
-    markdown, payload, figure = run_study(options_from_args(build_parser().parse_args(argv)))
+    markdown, payload, figure = run_study(options_from_args(build_parser(prog).parse_args(argv)))
     print(markdown.read_text(encoding='utf-8').split('\n## Runs')[0])
     print(f'Report: {markdown}\n        {payload}\n        {figure}')
     return 0

@@ -161,7 +161,8 @@ def test_demo_on_a_foreign_benchmark_folder_is_a_one_line_error(tiny_root: Path,
     assert err.splitlines()[-1].startswith('demo.py: error:') and 'another version/configuration' in err
 
 
-def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch) -> None:
+def test_interrupted_generation_leaves_nothing_that_looks_complete_and_a_rerun_continues_it(
+        tiny_root: Path, tmp_path: Path, monkeypatch) -> None:
     calls = []
     real_task = synthetic._run_task
 
@@ -176,7 +177,20 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path: Pat
     with pytest.raises(KeyboardInterrupt):
         ensure_benchmark(TINY, target, workers=1)
     assert not target.exists()
-    assert list(tmp_path.iterdir()) == []  # the partial folder is removed too
+    partials = list(tmp_path.iterdir())  # only the hidden partial folder, with the 4 finished parts recorded
+    assert len(partials) == 1 and partials[0].name.startswith('.bench.partial-')
+    assert len(list((partials[0] / '.done').iterdir())) == 4
+
+    calls.clear()
+    monkeypatch.setattr(synthetic, '_run_task', lambda config, root, task: calls.append(task) or real_task(
+        config, root, task))
+    root = ensure_benchmark(TINY, target, workers=1)
+    all_tasks = list(synthetic._tasks(TINY))
+    assert len(calls) == len(all_tasks) - 4 and not set(calls) & set(all_tasks[:4])  # the rest, nothing twice
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ['bench']
+    assert not (root / '.done').exists() and not (root / '.generation.json').exists()
+    assert tree_hashes(root) == tree_hashes(tiny_root)  # the same bytes as a generation in one go
+    assert json.loads((root / 'manifest.json').read_text())['images'] == len(tree_hashes(root))
 
 
 def test_partial_folder_of_a_killed_generation_is_cleaned_up(tmp_path: Path, monkeypatch) -> None:
@@ -209,3 +223,19 @@ def test_the_console_entry_point_runs_the_demo(tiny_root: Path) -> None:
     refused = subprocess.run([sys.executable, '-m', 'robustcnn', 'demo', '--data-dir', str(tiny_root), '--seed', '7',
                               '--output', str(tiny_root.parent / 'out')], capture_output=True, text=True)
     assert refused.returncode == 2 and 'another version/configuration' in refused.stderr
+
+
+def test_the_synthetic_corruptions_are_imagenet_c_s_in_its_order() -> None:
+    from robustcnn.synthetic import corruptions
+    assert corruptions.CORRUPTIONS == CORRUPTIONS  # the ImageNet-C code reads the synthetic tree by these names
+
+
+def test_generation_reports_progress(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(synthetic, 'PROGRESS_SECONDS', 0.0)  # a line per finished part
+    with caplog.at_level('INFO', logger='robustcnn.synthetic.benchmark'):
+        root = ensure_benchmark(TINY, tmp_path / 'bench', workers=1)
+    lines = [record.getMessage() for record in caplog.records if ' images (' in record.getMessage()]
+    total = json.loads((root / 'manifest.json').read_text())['images']
+    parts = len(list(synthetic._tasks(TINY)))
+    assert len(lines) == parts and lines[-1].startswith(f'synthetic benchmark: {total} of {total} images '
+                                                        f'({parts}/{parts} parts)')

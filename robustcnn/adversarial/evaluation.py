@@ -221,10 +221,7 @@ def evaluate_attack(
 
     Returns the summed counts, how many images an earlier run had already finished, and the seconds spent.
     """
-    try:  # the evaluation sets' one loader (sharded, no padding); in data/ after the evaluator's restructuring
-        from ..data.loader import build_eval_loader
-    except ImportError:
-        from ..benchmarks.loader import build_eval_loader
+    from ..data.loader import build_eval_loader  # the evaluation sets' one loader (sharded, no padding)
 
     device = runtime.device
     num_eps = len(spec.eps)

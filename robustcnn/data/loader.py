@@ -8,13 +8,13 @@ replaces an unreadable file by the next readable one).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..cli import UsageError
+from ..engine.runtime import usable_cpu_count
 from .folder import ClassFolderDataset
 from .samplers import ShardedEvalSampler
 
@@ -69,7 +69,7 @@ def collate_eval_batch(batch: Sequence[tuple[Any, int, int, int]]) -> EvalBatch:
 
 
 def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return usable_cpu_count()
 
 
 def default_workers() -> int:

@@ -19,9 +19,9 @@ from PIL import Image
 from torchvision import transforms as tv_transforms
 from torchvision.transforms import functional as tv_functional
 
-__all__ = ['RESIZE_MODES', 'EvalPreprocessing', 'resolve_eval_preprocessing', 'build_eval_transform']
+from ..config import RESIZE_MODES
 
-RESIZE_MODES = ('resize_center_crop', 'resize', 'none')
+__all__ = ['RESIZE_MODES', 'EvalPreprocessing', 'resolve_eval_preprocessing', 'build_eval_transform']
 
 
 @dataclass(frozen=True)

@@ -232,7 +232,7 @@ def evaluate(
             if (on_groups_update is not None and sync_limit is not None and step <= sync_limit
                     and step % group_sync_every == 0):
                 on_groups_update(summed_groups())
-            if log_freq and is_main and (step % log_freq == 0 or step == total_steps):
+            if log_freq and is_main and (step % log_freq == 0 or step in (1, total_steps)):  # 1: early sign of life
                 elapsed = time.perf_counter() - start
                 rate = local_images * world_size / max(elapsed, 1e-9)
                 eta = elapsed / step * (total_steps - step) if total_steps else float('nan')

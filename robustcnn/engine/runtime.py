@@ -17,14 +17,17 @@ import functools
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 
 __all__ = ['Runtime', 'init_runtime', 'resolve_device_kind', 'AMP_DTYPES', 'IGNORE_TARGET', 'DeviceGroupBatchNorm2d',
-           'xla_compile_count', 'runtime_inference_mode']
+           'xla_compile_count', 'runtime_inference_mode', 'usable_cpu_count', 'cgroup_cpu_limit', 'local_world_size',
+           'runnable_elsewhere', 'cpu_threads']
 
 _logger = logging.getLogger(__name__)
 
@@ -35,6 +38,124 @@ AMP_DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16}
 IGNORE_TARGET = -100
 
 XLA_INSTALL_HINT = "pip install torch==2.9.0 torchvision==0.24.0 'torch_xla[tpu]==2.9.0'"
+
+
+def cgroup_cpu_limit(cgroup_root: Path = Path('/sys/fs/cgroup'),
+                     membership: Path = Path('/proc/self/cgroup')) -> float | None:
+    """The CPU time this process's control groups allow, in cores (``quota / period``), or None when unlimited.
+
+    Containers and batch schedulers cap CPU time with a cgroup quota while ``sched_getaffinity`` still lists every
+    core of the host, so a process that sizes its threads by the affinity alone runs more threads than it gets time
+    for, and OpenMP threads that wait for each other at every parallel region then stall whenever one is throttled.
+    Reads cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), along the process's own
+    cgroup path up to the root (a parent's limit binds its children); the tightest limit wins.
+    """
+    limits: list[float] = []
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        lines = []
+    paths_v2: list[str] = []
+    paths_v1: list[tuple[str, str]] = []
+    for line in lines:
+        parts = line.split(':', 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == '':
+            paths_v2.append(path)
+        elif 'cpu' in controllers.split(','):
+            paths_v1.append((controllers, path))
+    for path in paths_v2 or ['/']:
+        for folder in _cgroup_folders(cgroup_root, path):
+            limits += _read_quota((folder / 'cpu.max',), split=True)
+    for controllers, path in paths_v1 or [('cpu', '/')]:
+        for mount in dict.fromkeys((controllers, 'cpu', 'cpu,cpuacct')):
+            for folder in _cgroup_folders(cgroup_root / mount, path):
+                limits += _read_quota((folder / 'cpu.cfs_quota_us', folder / 'cpu.cfs_period_us'), split=False)
+    return min(limits) if limits else None
+
+
+def _cgroup_folders(root: Path, path: str) -> list[Path]:
+    """``root/a/b``, ``root/a``, ``root`` for the cgroup path ``/a/b`` (those that exist). Inside a container the
+    path printed in /proc/self/cgroup is often the host's and the container's own cgroup is mounted at the root."""
+    parts = [part for part in path.split('/') if part and part != '..']
+    folders = [root.joinpath(*parts[:length]) for length in range(len(parts), -1, -1)]
+    return [folder for folder in folders if folder.is_dir()]
+
+
+def _read_quota(files: tuple[Path, ...], split: bool) -> list[float]:
+    try:
+        texts = [file.read_text().split() for file in files]
+    except OSError:
+        return []
+    try:
+        quota, period = (texts[0][0], texts[0][1]) if split else (texts[0][0], texts[1][0])
+        if quota == 'max' or int(quota) <= 0 or int(period) <= 0:  # v2 "max", v1 -1: no limit
+            return []
+        return [int(quota) / int(period)]
+    except (IndexError, ValueError):
+        return []
+
+
+def usable_cpu_count() -> int:
+    """Cores this process may use: its CPU affinity, lowered to its cgroup CPU quota (rounded up, as Go's and
+    Java's runtimes do). Every default that sizes threads or worker processes starts from this one number."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, math.ceil(limit))
+    return max(1, cores)
+
+
+def cpu_threads(adapt_to_load: bool = False) -> tuple[int, str]:
+    """Torch threads for a CPU process, and why: its share of the usable cores (all of them, or an equal part for
+    each torchrun process on this machine); with ``adapt_to_load``, no more than the cores other processes leave
+    idle right now (at least one).
+
+    OpenMP threads wait for each other at every parallel region, so when another process holds a core, one
+    descheduled thread stalls the rest: on the project's 2-core VM under load (load average 16), a training step
+    of the nano model at batch 64 took 1.2-2.3 s with 1 thread and 5.9-7.5 s with 2.
+    """
+    share = max(1, usable_cpu_count() // local_world_size())
+    reason = f'{usable_cpu_count()} usable cores, {local_world_size()} process(es) on this machine'
+    if not adapt_to_load:
+        return share, reason
+    others = runnable_elsewhere()
+    if others is None:
+        return share, reason
+    idle = (os.cpu_count() or share) - others
+    return max(1, min(share, idle)), f'{reason}, {others} other runnable thread(s) on {os.cpu_count()} cores'
+
+
+def runnable_elsewhere(samples: int = 5, interval: float = 0.05, stat: Path = Path('/proc/stat')) -> int | None:
+    """Threads of other processes that want a core right now (``procs_running`` of /proc/stat, less this one), as
+    the median of a few samples; None where the kernel does not say (not Linux).
+
+    An instantaneous count, not the load average: the load average lags a minute behind and counts this process's
+    own work of a moment ago (the demo's generation before its training).
+    """
+    counts = []
+    for index in range(samples):
+        try:
+            text = stat.read_text()
+        except OSError:
+            return None
+        match = next((line for line in text.splitlines() if line.startswith('procs_running ')), None)
+        if match is None:
+            return None
+        counts.append(max(0, int(match.split()[1]) - 1))  # this thread, reading the file, is running
+        if index + 1 < samples:
+            time.sleep(interval)
+    return sorted(counts)[len(counts) // 2]
+
+
+def local_world_size() -> int:
+    """Processes on this machine (torchrun's ``LOCAL_WORLD_SIZE``; 1 when not launched by torchrun)."""
+    try:
+        return max(1, int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
+    except ValueError:
+        return 1
 
 
 def resolve_device_kind(device: str) -> str:
@@ -155,6 +276,46 @@ class Runtime:
                     f'{self.devices_per_process})')
         return f'{self.world_size} processes on {self.kind}' if self.distributed else f'one process on {self.kind}'
 
+    @property
+    def cores_per_process(self) -> int:
+        """This process's share of the usable cores: all of them, or an equal part for each torchrun process."""
+        return cpu_threads()[0]
+
+    def configure_threads(self, threads: int | None = None, log_level: int = logging.INFO) -> int:
+        """Set torch's intra-op threads: ``threads`` when given (``--threads``), else on a CPU run the process's
+        share of the usable cores (:func:`cpu_threads`). Returns the number in use; the choice is logged at
+        ``log_level`` (validate.py: DEBUG, so that its data checks' errors stay one line).
+
+        torch's own default is the host's physical cores, whatever the affinity, the cgroup quota or the processes
+        beside it. ``OMP_NUM_THREADS`` set by the user is kept outside torchrun (torchrun itself sets it to 1 for
+        several processes, which leaves cores idle). GPU and XLA runs keep torch's threads unless ``threads`` is
+        given. The default does not look at the load, so a run's thread count (and its floating-point summation
+        order) is the same every time on the same machine; the demo, whose job is to be quick, asks
+        :func:`cpu_threads` to adapt and passes the result as ``threads``.
+        """
+        reason = f'--threads {threads}'
+        if threads is None:
+            if self.kind != 'cpu':
+                return torch.get_num_threads()
+            from_env = os.environ.get('OMP_NUM_THREADS', '')
+            if from_env.isdigit() and int(from_env) > 0 and 'LOCAL_WORLD_SIZE' not in os.environ:
+                threads, reason = int(from_env), f'OMP_NUM_THREADS={from_env}'
+            else:
+                threads, reason = cpu_threads()
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        _logger.log(log_level, 'using %d torch thread(s) (%s)', threads, reason)
+        return threads
+
+    def loader_workers(self, requested: int) -> int:
+        """Loader processes per process: on a CPU at most this process's cores, since the workers take cores from
+        the model's threads (the GPU recipes' ``--workers 6`` would run 8 busy processes on a 2-core laptop)."""
+        if self.kind != 'cpu' or requested <= self.cores_per_process:
+            return requested
+        _logger.info('using %d loader worker(s) instead of %d: %d core(s) for this process', self.cores_per_process,
+                     requested, self.cores_per_process)
+        return self.cores_per_process
+
     def process_batch_size(self, per_device: int) -> int:
         """The batch one process loads for ``per_device`` images per device."""
         return per_device * self.devices_per_process
@@ -187,9 +348,13 @@ class Runtime:
         return tensor
 
     def check_amp_dtype(self, amp_dtype: torch.dtype | None) -> None:
-        """XLA has no float16 gradient scaler; TPUs compute in bfloat16 natively."""
+        """XLA has no float16 gradient scaler; TPUs compute in bfloat16 natively. On a CPU autocast works but is
+        slow (CPUs without native bfloat16 emulate it), so asking for it gets a one-line warning."""
         if self.kind == 'xla' and amp_dtype == torch.float16:
             raise ValueError('--amp-dtype float16 is not supported on XLA devices; use --amp-dtype bfloat16')
+        if self.kind == 'cpu' and amp_dtype is not None and self.is_main:
+            _logger.warning('--amp on a CPU: %s autocast is usually several times slower than float32 here; '
+                            '--no-amp runs in float32', str(amp_dtype).replace('torch.', ''))
 
     def inference_mode(self) -> contextlib.AbstractContextManager:
         """No autograd for evaluation: ``torch.inference_mode`` where the device supports it (XLA tensors cannot be

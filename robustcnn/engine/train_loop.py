@@ -127,6 +127,7 @@ def train_one_epoch(
     data_seconds = 0.0
     interval_samples = 0
     start_time = interval_time = time.perf_counter()
+    logged = False
     optimizer.zero_grad(set_to_none=True)
 
     def summed_totals() -> dict[str, float]:
@@ -217,7 +218,10 @@ def train_one_epoch(
 
         if is_update:
             update_in_epoch = batch_index // accum_steps + 1
-            if update_in_epoch % log_interval == 0 or update_in_epoch == updates_per_epoch:
+            # also the first update of the call: on a CPU the first interval can take minutes, and a silent start
+            # looks hung
+            if update_in_epoch % log_interval == 0 or update_in_epoch == updates_per_epoch or not logged:
+                logged = True
                 check_finite()
                 runtime.synchronize()
                 now = time.perf_counter()

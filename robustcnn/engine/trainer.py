@@ -242,6 +242,7 @@ class _Trainer:
                                           fresh=args.fresh)
         setup_logging(runtime.is_main, self.run_dir / 'train.log' if runtime.is_main else None)
         _logger.info('run folder %s; %s', self.run_dir, runtime.describe())
+        runtime.configure_threads(args.threads)
         if self.claim is not None and self.claim.previous_run is not None:
             _logger.info('--fresh: moved the previous run to %s', self.claim.previous_run)
 
@@ -266,11 +267,12 @@ class _Trainer:
 
         # 4. data
         from ..data.transforms import build_eval_transform, resolve_eval_preprocessing
+        self.pin_memory = args.pin_mem and runtime.kind == 'cuda'  # GPU recipes' --pin-mem: only a warning elsewhere
         self.train_loader = build_train_loader(
             args, self.train_folder, self.class_to_index, build_train_transform(args, self.data_config),
-            num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=args.pin_mem,
+            num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=self.pin_memory,
             batch_size=runtime.process_batch_size(args.batch_size),
-            workers=runtime.process_batch_size(args.workers))  # --workers is per device, like --batch-size
+            workers=runtime.loader_workers(runtime.process_batch_size(args.workers)))  # per device, like -b
         self.eval_preprocessing = resolve_eval_preprocessing(
             model, 'resize_center_crop', img_size=args.img_size, input_size=args.input_size, crop_pct=args.crop_pct,
             interpolation=args.interpolation, mean=args.mean, std=args.std)
@@ -283,8 +285,8 @@ class _Trainer:
             raise UsageError(f'{self.val_folder} holds no image files in its class folders')
         self.eval_loader = build_eval_loader(
             ClassFolderDataset(val_samples, build_eval_transform(self.eval_preprocessing), on_decode_error='skip'),
-            runtime.process_batch_size(args.validation_batch_size or args.batch_size), args.workers, runtime,
-            pin_memory=args.pin_mem)
+            runtime.process_batch_size(args.validation_batch_size or args.batch_size),
+            runtime.loader_workers(args.workers), runtime, pin_memory=self.pin_memory)
         self.num_batches = self.train_loader.sampler.full_length() // self.train_loader.batch_size
         self.updates_per_epoch = math.ceil(self.num_batches / args.grad_accum_steps)
 

@@ -35,8 +35,8 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(',') if name.strip()]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='speed.py', description=__doc__.split('\n')[2],
+def build_parser(prog: str = 'speed.py') -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n')[2],
                                      epilog=f'sub-commands (each has its own --help): {", ".join(SUBCOMMANDS)}',
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--models', default=','.join(ROBUST_MODELS), help='comma-separated timm model names')
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = 'speed.py') -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == 'device-check':
         from .device_check import main as device_check_main
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ('imagenet-c', 'train-loop'):
         from .pipelines import main as pipelines_main
         return pipelines_main(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     setup_logging(True)
     try:
         device = resolve_device_kind(args.device)

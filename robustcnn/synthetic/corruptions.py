@@ -19,10 +19,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..benchmarks.imagenet_c import CORRUPTION_CATEGORIES, CORRUPTIONS
 from .textures import smooth_noise
 
-__all__ = ['CORRUPTIONS', 'CORRUPTION_CATEGORIES', 'corrupt']
+__all__ = ['CORRUPTIONS', 'corrupt']
 
 Corruption = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
@@ -244,7 +243,9 @@ _CORRUPTIONS: dict[str, Corruption] = {
     'contrast': contrast, 'elastic_transform': elastic_transform, 'pixelate': pixelate,
     'jpeg_compression': jpeg_compression,
 }
-assert tuple(_CORRUPTIONS) == CORRUPTIONS, 'keep the synthetic corruptions in ImageNet-C order'
+# ImageNet-C's names in its order (robustcnn.benchmarks.imagenet_c.CORRUPTIONS; a test checks they agree). Not
+# imported from there: that module loads torch, and the demo's --help must not.
+CORRUPTIONS: tuple[str, ...] = tuple(_CORRUPTIONS)
 
 
 def corrupt(image: np.ndarray, corruption: str, severity: int, rng: np.random.Generator) -> np.ndarray:
