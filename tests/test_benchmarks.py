@@ -204,3 +204,12 @@ def test_infer_dataset_from_names_and_layout(tmp_path: Path) -> None:
     assert infer_dataset(tmp_path / 'stylized_imagenet' / 'val')[0] == 'stylized-imagenet'
     assert infer_dataset(tmp_path / 'v2')[0] == 'imagenet-v2'
     assert infer_dataset(tmp_path / 'whatever')[0] == 'imagenet'
+
+
+def test_the_lazy_set_table_names_every_set_once_in_its_own_name():
+    """validate.py takes --dataset choices from BENCHMARK_NAMES before torch loads; they must be the real sets."""
+    import robustcnn.benchmarks as benchmarks
+
+    assert tuple(benchmarks.BENCHMARKS) == benchmarks.BENCHMARK_NAMES
+    assert all(benchmark.name == name for name, benchmark in benchmarks.BENCHMARKS.items())
+    assert set(benchmarks.SUITE_ORDER) <= set(benchmarks.BENCHMARK_NAMES) and 'folder' not in benchmarks.SUITE_ORDER
