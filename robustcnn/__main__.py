@@ -118,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     converter.add_argument('output', type=Path, help='file to write (.safetensors)')
     converter.add_argument('--use-ema', action='store_true', help='take the EMA weights (state_dict_ema)')
     exporter = commands.add_parser('export', help='write a checkpoint as a folder in timm\'s Hugging Face Hub layout '
-                                   '(model.safetensors, config.json, README.md model card)')
-    exporter.add_argument('checkpoint', type=Path)
-    exporter.add_argument('output', type=Path, metavar='DIR')
+                                   '(model.safetensors, config.json, README.md model card)',
+                                   formatter_class=DefaultsHelpFormatter)
+    exporter.add_argument('checkpoint', type=Path, help='checkpoint to export (.pth, .pth.tar, .safetensors)')
+    exporter.add_argument('output', type=Path, metavar='DIR', help='folder to write (created if missing)')
     exporter.add_argument('--model', default=None, help='timm model name (default: the checkpoint\'s metadata)')
     exporter.add_argument('--use-ema', action='store_true', help='take the EMA weights (state_dict_ema)')
     exporter.add_argument('--results', nargs='+', default=[], type=Path, metavar='FILE',
@@ -129,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help='then upload the folder to this Hugging Face Hub repository (needs network and login)')
     exporter.add_argument('--private', action='store_true', help='with --push-to-hub: create the repository private')
     downloader = commands.add_parser('download', help='fetch the authors\' released weights (Google Drive, via gdown), '
-                                     'verify and cache them for timm.create_model(NAME, pretrained=True)')
+                                     'verify and cache them for timm.create_model(NAME, pretrained=True)',
+                                     formatter_class=DefaultsHelpFormatter)
     downloader.add_argument('names', nargs='+', metavar='NAME',
                             help='robust_resnet_dw_small, robust_resnet_inverted_dw_small, '
                                  'robust_resnet_up_inverted_dw_small, robust_resnet_down_inverted_dw_small')

@@ -314,7 +314,8 @@ def test_a_killed_attack_run_resumes_and_gives_the_same_numbers(tree, tmp_path):
     killed = run(results, ROBUSTCNN_KILL_AT='attack-batch:3')
     assert killed.returncode == -9, killed.stderr[-2000:]
     partial = tmp_path / 'killed.folder.attack.partial.json'
-    assert json.loads(partial.read_text())['unit']['done'] == 6  # batches 1-3 saved, then the kill after batch 3
+    [unit] = json.loads(partial.read_text())['units'].values()  # the evaluator's ResumeStore, one unit per attack
+    assert unit['done'] == 6  # batches 1-3 saved, then the kill after batch 3
     resumed = run(results)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert 'resuming; the first 6 of 12 images were already attacked' in resumed.stderr

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import validate
-from robustcnn.__main__ import build_parser as robustcnn_parser
+from robustcnn.__main__ import FORWARDED_COMMANDS, build_parser as robustcnn_parser
 from robustcnn.cli import DefaultsHelpFormatter
 from robustcnn.config import build_train_parser
 from robustcnn.synthetic.demo import build_parser as demo_parser
@@ -78,7 +78,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
     for action in top._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, parser in action.choices.items():
-                if name not in ('demo',):  # forwarded: its own parser, checked above
+                if name not in FORWARDED_COMMANDS:  # forwarded: its own parser (the demo's is checked above)
                     parsers[f'robustcnn {name}'] = parser
     return parsers
 

@@ -220,7 +220,8 @@ def train_one_epoch(
             update_in_epoch = batch_index // accum_steps + 1
             # also the first update of the call: on a CPU the first interval can take minutes, and a silent start
             # looks hung
-            if update_in_epoch % log_interval == 0 or update_in_epoch == updates_per_epoch or not logged:
+            on_interval = update_in_epoch % log_interval == 0 or update_in_epoch == updates_per_epoch
+            if on_interval or not logged:
                 logged = True
                 check_finite()
                 runtime.synchronize()
@@ -232,7 +233,7 @@ def train_one_epoch(
                     epoch, batch_index + 1, num_batches, 100.0 * (batch_index + 1) / num_batches, detached.item(),
                     loss_sum.item() / max(samples_seen, 1), optimizer.param_groups[0]['lr'], rate,
                     data_seconds / max(batch_index + 1 - start_batch, 1), format_duration(remaining))
-                if tracker is not None:
+                if tracker is not None and on_interval:  # the curves' steps do not depend on where a run resumed
                     tracker.log_scalars({
                         'train/loss': detached.item(), 'train/lr': optimizer.param_groups[0]['lr'],
                         'train/images_per_second': rate,

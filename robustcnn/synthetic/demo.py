@@ -194,8 +194,10 @@ def _evaluate(options: DemoOptions, data_dir: Path, checkpoint: Path) -> dict[st
     runtime = init_runtime('cpu')
     runtime.configure_threads(options.threads)
     names = _SyntheticNames()
-    runner_logger = logging.getLogger('robustcnn.benchmarks.runner')
-    runner_logger.addFilter(names)
+    # the runner and the set modules that log per set (each set logs its own lines since the sets score themselves)
+    loggers = [logging.getLogger(f'robustcnn.benchmarks.{module}') for module in ('runner', 'base', 'imagenet_c')]
+    for logger in loggers:
+        logger.addFilter(names)
     try:
         with runtime.session():
             payload = run_validation(ValidationRequest(
@@ -209,7 +211,8 @@ def _evaluate(options: DemoOptions, data_dir: Path, checkpoint: Path) -> dict[st
                                                           **common), runtime)
                 payload['results'][key] = single['results']['folder']
     finally:
-        runner_logger.removeFilter(names)
+        for logger in loggers:
+            logger.removeFilter(names)
     payload.pop('readme_row', None)
     return payload
 
