@@ -252,18 +252,20 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any], *, bars: S
     matplotlib.use('Agg', force=True)
     from matplotlib import pyplot as plt
 
+    from .benchmarks import BENCHMARKS
+
     results = payload.get('results', {})
-    corruption = results.get('imagenet-c')
+    # every corruption suite (ImageNet-C, -C-bar, -3DCC): its {corruption: {severity: error}} table as a heat map
+    heat_maps = [(name, entry) for name, entry in results.items()
+                 if isinstance(entry.get('errors'), Mapping) and entry['errors']]
     if bars is None:
         bars = [FigureBar(name, entry['top1']) for name, entry in results.items()
-                if name != 'imagenet-c' and entry.get('top1') is not None and math.isfinite(entry['top1'])]
+                if name not in dict(heat_maps) and entry.get('top1') is not None and math.isfinite(entry['top1'])]
     bars = [bar for bar in bars if bar.value is not None and math.isfinite(bar.value)]
-    has_heat_map = bool(corruption and corruption.get('errors'))
-    from .benchmarks import BENCHMARKS
     own_panels = [(name, entry) for name, entry in results.items()
                   if name in BENCHMARKS and BENCHMARKS[name].has_figure_panel(entry)]
     curves = {name: entry for name, entry in results.items() if len(entry.get('robust_top1_by_eps', [])) > 1}
-    panels = int(has_heat_map) + int(bool(bars)) + len(own_panels) + int(bool(curves))
+    panels = len(heat_maps) + int(bool(bars)) + len(own_panels) + int(bool(curves))
     if panels == 0:
         raise ValueError('nothing to plot: no ImageNet-C errors and no top-1 results')
     figure, axes = plt.subplots(1, panels, figsize=(7 * panels, 6.5), squeeze=False)
@@ -282,7 +284,7 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any], *, bars: S
         axis.set_ylim(0, 100)
         axis.set_title(f'{payload.get("model")}: {attack.get("name", "attack")} robust accuracy')
         axis.legend()
-    if has_heat_map:
+    for name, corruption in heat_maps:
         axis = axes.pop(0)
         errors = corruption['errors']
         names = list(errors)
@@ -297,7 +299,8 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any], *, bars: S
                 if math.isfinite(value):
                     axis.text(column, row, f'{value:.1f}', ha='center', va='center', fontsize=7,
                               color='white' if value > 50 else 'black')
-        title = corruption_title
+        title = corruption_title if name == 'imagenet-c' else \
+            f'{BENCHMARKS[name].title if name in BENCHMARKS else name} top-1 error (%)'
         if corruption.get('mean_corruption_error') is not None:
             title += f'\nmean {corruption["mean_corruption_error"]:.1f}'
         if corruption.get('mce') is not None:

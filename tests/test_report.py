@@ -60,3 +60,22 @@ def test_png_figure(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and path.stat().st_size > 5000
     with pytest.raises(ValueError, match='nothing to plot'):
         write_figure(tmp_path / 'empty.png', {'model': 'x', 'results': {}})
+
+
+def test_every_corruption_suite_gets_its_own_heat_map(tmp_path):
+    """ImageNet-C, -C-bar and -3DCC results are each drawn as a corruption x severity heat map (one panel each)."""
+    from PIL import Image
+
+    from robustcnn.report import write_figure
+
+    table = {'fog': {'1': 10.0, '2': 20.0}, 'blur': {'1': 30.0, '2': 40.0}}
+    payload = {'model': 'm', 'results': {
+        'imagenet-c': {'errors': table, 'mean_corruption_error': 25.0, 'mce': None},
+        'imagenet-c-bar': {'errors': table, 'mean_corruption_error': 25.0},
+        'imagenet-3dcc': {'errors': table, 'mean_corruption_error': 25.0}}}
+    with Image.open(write_figure(tmp_path / 'three.png', payload)) as image:
+        three = image.size[0]
+    del payload['results']['imagenet-3dcc'], payload['results']['imagenet-c-bar']
+    with Image.open(write_figure(tmp_path / 'one.png', payload)) as image:
+        one = image.size[0]
+    assert three == 3 * one  # 7 inches per panel at the same dpi, no bar chart (no set here has a top-1)
