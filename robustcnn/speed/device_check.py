@@ -202,6 +202,14 @@ def run_cuda_tests(device: str, timeout_s: float, out_dir: Path, extra_args: Seq
     return record
 
 
+def _test_module(classname: str) -> str:
+    """JUnit's classname from the test module on (``test_cuda_paths`` or ``test_x.TestCase``): pytest writes it as a
+    dotted path relative to its rootdir, which depends on where the checkout and the temp folder happen to lie."""
+    parts = classname.split('.')
+    modules = [index for index, part in enumerate(parts) if part.startswith('test')]
+    return '.'.join(parts[modules[-1]:]) if modules else classname
+
+
 def _junit_counts(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -212,7 +220,8 @@ def _junit_counts(path: Path) -> dict[str, Any]:
     suites = [root] if root.tag == 'testsuite' else list(root.iter('testsuite'))
     total = {name: sum(int(suite.get(name, 0)) for suite in suites) for name in ('tests', 'failures', 'errors',
                                                                                    'skipped')}
-    failed_names = [f"{case.get('classname', '')}::{case.get('name', '')}" for case in root.iter('testcase')
+    failed_names = [f"{_test_module(case.get('classname', ''))}::{case.get('name', '')}"
+                    for case in root.iter('testcase')
                     if case.find('failure') is not None or case.find('error') is not None]
     passed = total['tests'] - total['failures'] - total['errors'] - total['skipped']
     return {'passed': passed, 'failed': total['failures'], 'errors': total['errors'], 'skipped': total['skipped'],
