@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .cli import caused_by
 from .faults import kill_point
 from .limits import CROP_PCT_RANGE, MAX_IMAGE_SIDE, MAX_MODEL_ARGUMENT, MAX_NUM_CLASSES
 
@@ -356,14 +357,7 @@ def check_state_dict_fits(
 
 def raised_by_interrupt(error: BaseException) -> bool:
     """Whether ``error`` is, or was raised while handling, a KeyboardInterrupt."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+    return caused_by(error, KeyboardInterrupt)
 
 
 def _creation_mode() -> int:

@@ -16,7 +16,7 @@ import urllib.parse
 from typing import Callable, Iterator, NoReturn, Sequence
 
 __all__ = ['UsageError', 'user_errors', 'DefaultsHelpFormatter', 'OneLineErrorParser', 'run_cli', 'setup_logging',
-           'pretrained_download']
+           'pretrained_download', 'caused_by']
 
 
 class UsageError(ValueError):
@@ -120,14 +120,15 @@ def pretrained_download(wanted: bool) -> Iterator[None]:
         yield
     except Exception as error:
         errors = sys.modules.get('huggingface_hub.errors')
-        if reason and errors is not None and _caused_by(error, errors.LocalEntryNotFoundError):
+        if reason and errors is not None and caused_by(error, errors.LocalEntryNotFoundError):
             raise UsageError(f'no network: --pretrained downloads the weights from the Hugging Face Hub, but '
                              f'{reason}, and they are not in the local cache; connect to the network, or give the '
                              f'weights as a file (--checkpoint / --initial-checkpoint)') from None
         raise
 
 
-def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+def caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error`` is a ``kind``, or was raised from or while handling one (cycles in the chain end it)."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:

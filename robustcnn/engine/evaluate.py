@@ -101,6 +101,20 @@ def normalize_on_device(images: torch.Tensor, mean: torch.Tensor, std: torch.Ten
     return images.div_(255.0).sub_(mean).div_(std)
 
 
+def _batch_logits(model: torch.nn.Module, images: torch.Tensor, runtime: Any, mean: torch.Tensor | None,
+                  std: torch.Tensor | None, channels_last: bool, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """One batch through the model as :func:`evaluate` and :func:`predict` both score it: to the device,
+    normalized there (uint8 from the workers), channels-last if asked, under autocast; float32 logits out."""
+    images = images.to(runtime.device, non_blocking=True)
+    if mean is not None and not images.is_floating_point():
+        images = normalize_on_device(images, mean, std)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with runtime.autocast(amp_dtype):
+        output = _forward(model, images)
+    return output.float()
+
+
 def _steps_every_process_takes(loader: Any, world_size: int) -> int | None:
     """The number of batches the shortest shard yields, when the loader lets us know it without talking."""
     sampler = getattr(loader, 'sampler', None)
@@ -205,15 +219,8 @@ def evaluate(
                 failed_groups = groups[torch.as_tensor(batch.failed_indices, dtype=torch.long, device=device)]
                 group_counts[2].index_add_(0, failed_groups, torch.ones_like(failed_groups))
             if images.numel() > 0:
-                images = images.to(device, non_blocking=True)
                 targets = targets.to(device, non_blocking=True)
-                if mean is not None and not images.is_floating_point():
-                    images = normalize_on_device(images, mean, std)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with runtime.autocast(amp_dtype):
-                    output = _forward(model, images)
-                output = output.float()
+                output = _batch_logits(model, images, runtime, mean, std, channels_last, amp_dtype)
                 if subset is not None:
                     output = output.index_select(1, subset)
                 loss_sum += F.cross_entropy(output, targets, reduction='sum').double()
@@ -302,14 +309,7 @@ def predict(
             failed += int(batch.num_failed)
             if batch.images.numel() == 0:
                 continue
-            images = batch.images.to(device, non_blocking=True)
-            if mean is not None and not images.is_floating_point():
-                images = normalize_on_device(images, mean, std)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with runtime.autocast(amp_dtype):
-                output = _forward(model, images)
-            output = output.float()
+            output = _batch_logits(model, batch.images, runtime, mean, std, channels_last, amp_dtype)
             if reduce is not None:
                 output = reduce(output).float()
             valid = batch.targets.to(device).ne(IGNORE_TARGET)  # XLA pads batches with IGNORE_TARGET rows
