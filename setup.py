@@ -30,7 +30,8 @@ EXTRAS_REQUIRE = {
     'adv': ['torchattacks>=3.5,<4'],
 }
 EXTRAS_REQUIRE['dev'] = ['pytest>=8.0', 'pytest-timeout>=2.3', 'matplotlib>=3.7', *EXTRAS_REQUIRE['tensorboard'],
-                         *EXTRAS_REQUIRE['wandb'], *EXTRAS_REQUIRE['download'], *EXTRAS_REQUIRE['adv']]
+                         *EXTRAS_REQUIRE['wandb'], *EXTRAS_REQUIRE['download'], *EXTRAS_REQUIRE['adv'],
+                         'scikit-learn>=1.3']  # only as an independent check of ImageNet-O's AUPR/AUROC in the tests
 
 setup(
     name='robustcnn',
