@@ -60,13 +60,13 @@ def convert(checkpoint: Path, output: Path, use_ema: bool) -> int:
         raise UsageError(f'output {output} must end in .safetensors')
     import torch
 
-    from .checkpoint import (SAFETENSORS_METADATA_KEY, extract_state_dict, load_checkpoint_file, portable_metadata,
+    from .checkpoint import (SAFETENSORS_METADATA_KEY, CheckpointMetadata, extract_state_dict, load_checkpoint_file,
                              save_safetensors)
     loaded = load_checkpoint_file(checkpoint)
     state_dict = extract_state_dict(loaded, use_ema=use_ema)
     tensors = {key: value for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
     header = {'source': checkpoint.name, 'robustcnn_version': __version__}
-    metadata = portable_metadata(loaded)
+    metadata = CheckpointMetadata.from_checkpoint(loaded, checkpoint, complete=True).to_dict()
     if metadata:
         header[SAFETENSORS_METADATA_KEY] = json.dumps(metadata, default=str)
     save_safetensors(tensors, output, metadata=header)

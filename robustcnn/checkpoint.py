@@ -1,34 +1,37 @@
-"""Reading and writing checkpoints safely.
+"""Reading checkpoints safely, and what a checkpoint says about its weights.
 
 Every checkpoint the project reads goes through :func:`load_checkpoint_file`: pickles are unpickled with
 ``weights_only=True`` so a file from the internet cannot run code, and ``.safetensors`` files are read natively.
-Every file the project writes goes through :func:`atomic_save`, so a crash never leaves a half-written file.
+What a checkpoint records about itself (model, classes, preprocessing) is read through :class:`CheckpointMetadata`,
+which checks every value once. Every file the project writes goes through :mod:`robustcnn.atomic`
+(:func:`atomic_save` here for ``torch.save``), so a crash never leaves a half-written file.
 """
 from __future__ import annotations
 
 import argparse
-import errno
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import pickle
 import re
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from .cli import caused_by
-from .faults import kill_point
+# atomic_write_bytes / atomic_write_text are imported from here by code written before robustcnn.atomic existed
+from .atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from .errors import CheckpointError
 from .limits import CROP_PCT_RANGE, MAX_IMAGE_SIDE, MAX_MODEL_ARGUMENT, MAX_NUM_CLASSES
 
 __all__ = [
-    'CheckpointError', 'load_checkpoint_file', 'extract_state_dict', 'clean_state_dict', 'load_model_weights',
-    'atomic_save', 'atomic_write_bytes', 'atomic_write_text', 'save_safetensors', 'checkpoint_model_kwargs',
-    'portable_metadata', 'SAFETENSORS_METADATA_KEY', 'raised_by_interrupt', 'CHECKSUM_KEY', 'content_checksum',
-    'with_checksum', 'check_checkpoint_metadata',
+    'CheckpointError', 'CheckpointMetadata', 'training_args', 'load_checkpoint_file', 'extract_state_dict',
+    'clean_state_dict', 'load_model_weights', 'check_state_dict_fits', 'atomic_save', 'atomic_write_bytes',
+    'atomic_write_text', 'save_safetensors', 'SAFETENSORS_METADATA_KEY', 'CHECKSUM_KEY', 'content_checksum',
+    'with_checksum',
 ]
 
 # Where a .safetensors file written by ``robustcnn convert`` keeps the training metadata (model, model_kwargs,
@@ -43,10 +46,6 @@ _STATE_DICT_KEYS = ('state_dict', 'model')
 _EMA_KEYS = ('state_dict_ema', 'model_ema')
 # Prefixes added by DistributedDataParallel and torch.compile, in either nesting order.
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unsafe, unreadable or does not fit the model."""
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = 'cpu') -> Any:
@@ -70,7 +69,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
         except ValueError:
             raise CheckpointError(f'{path}: its {SAFETENSORS_METADATA_KEY} header is not valid JSON') from None
         checkpoint = {'state_dict': tensors, 'metadata': metadata}  # the training checkpoint's shape
-        check_checkpoint_metadata(checkpoint, path)
+        CheckpointMetadata.from_checkpoint(checkpoint, path)  # untrusted: every value checked before any use
         return checkpoint
     try:
         # argparse.Namespace is what timm/DeiT training scripts store under 'args'; it is plain data.
@@ -91,7 +90,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
         raise CheckpointError(f'cannot read checkpoint {path}: {error} (the file may be truncated or corrupt)') from None
     if isinstance(checkpoint, Mapping) and CHECKSUM_KEY in checkpoint:
         _verify_checksum(checkpoint, path)
-    check_checkpoint_metadata(checkpoint, path)
+    CheckpointMetadata.from_checkpoint(checkpoint, path)  # untrusted: every value checked before any use
     return checkpoint
 
 
@@ -102,15 +101,115 @@ _FILE_ARGUMENTS = frozenset({'pretrained', 'pretrained_cfg', 'pretrained_cfg_ove
 _FILE_ARGUMENT_ENDINGS = ('_path', '_file', '_url', '_dir')
 
 
-def check_checkpoint_metadata(checkpoint: Any, source: str | os.PathLike) -> None:
-    """Validate what a checkpoint says about itself before anything uses it: typed values, bounded sizes, no file
-    names; raise :class:`CheckpointError` naming the field. Checkpoints are untrusted input (downloads, copies)."""
-    if not isinstance(checkpoint, Mapping):
-        return
-    problem = _metadata_problem(checkpoint)
-    if problem is not None:
-        raise CheckpointError(f'{source}: {problem}; the file was altered or not written by this project (re-save '
-                              f'it from a trusted source)')
+@dataclass(frozen=True)
+class CheckpointMetadata:
+    """What a checkpoint says about its weights, so that using them later needs no training flags: the model and
+    its constructor arguments, the classes in classifier order, the evaluation preprocessing, and the recipe's
+    scale for the model card.
+
+    train.py stores :meth:`to_dict` under the checkpoint's ``metadata`` key (``robustcnn convert`` and ``export``
+    in the safetensors header, :data:`SAFETENSORS_METADATA_KEY`); every reader goes through
+    :meth:`from_checkpoint`, which checks each value once (typed, bounded by :mod:`robustcnn.limits`, no file
+    names): checkpoints are untrusted input (downloads, copies). A field the file does not record is None; plain
+    state dicts and the authors' released DeiT-style checkpoints record nothing.
+    """
+
+    version: str | None = None                     # of robustcnn, which wrote the checkpoint
+    model: str | None = None                       # timm model name
+    model_kwargs: dict[str, Any] | None = None     # constructor arguments besides num_classes (--model-kwargs)
+    class_names: tuple[str, ...] | None = None     # training class folders, in classifier order
+    num_classes: int | None = None
+    img_size: int | None = None
+    input_size: tuple[int, int, int] | None = None  # channels, height, width of the evaluation input
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    total_batch_size: int | None = None
+    learning_rate: float | None = None
+    world_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain form a checkpoint stores: fields in declaration order, sequences as lists (as train.py has
+        always written them; ``weights_only`` loading and JSON take both), unrecorded fields left out."""
+        stored: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = dict(value)
+            if value is not None:
+                stored[field.name] = value
+        return stored
+
+    @classmethod
+    def from_dict(cls, values: Any, source: str | os.PathLike = 'the checkpoint') -> CheckpointMetadata:
+        """The record of a stored ``metadata`` mapping (None: nothing recorded); raise :class:`CheckpointError`
+        naming the first field that is wrong."""
+        if values is None:
+            return cls()
+        problem = _metadata_problem(values)
+        if problem is not None:
+            raise _untrusted(source, problem)
+
+        def read(name: str, convert: Any = None) -> Any:
+            value = values.get(name)
+            return value if value is None or convert is None else convert(value)
+
+        return cls(
+            version=read('version'), model=read('model'), model_kwargs=read('model_kwargs', dict),
+            class_names=read('class_names', tuple), num_classes=read('num_classes'), img_size=read('img_size'),
+            input_size=read('input_size', tuple), interpolation=read('interpolation'), crop_pct=read('crop_pct'),
+            mean=read('mean', _floats), std=read('std', _floats), total_batch_size=read('total_batch_size'),
+            learning_rate=read('learning_rate'), world_size=read('world_size'),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Any, source: str | os.PathLike = 'the checkpoint', *,
+                        complete: bool = False) -> CheckpointMetadata:
+        """The record a loaded checkpoint stores under ``metadata`` (empty for a bare state dict or another
+        project's checkpoint).
+
+        With ``complete``, what timm's and the authors' DeiT-style training scripts record elsewhere fills what the
+        metadata lacks: the model name from ``arch``, the constructor arguments from ``args['model_kwargs']``
+        (also older train.py checkpoints keep them only there). That is what travels with the weights (convert,
+        export) and what decides validate.py's model arguments; a resume and validate.py's model name read the
+        metadata alone.
+        """
+        if not isinstance(checkpoint, Mapping):
+            return cls()
+        args_kwargs = training_args(checkpoint).get('model_kwargs')
+        problem = _model_kwargs_problem(args_kwargs, 'args.model_kwargs')
+        if problem is not None:
+            raise _untrusted(source, problem)
+        record = cls.from_dict(checkpoint.get('metadata'), source)
+        if not complete:
+            return record
+        changes: dict[str, Any] = {}
+        if not record.model and isinstance(checkpoint.get('arch'), str):
+            changes['model'] = checkpoint['arch']
+        if record.model_kwargs is None and isinstance(args_kwargs, Mapping):
+            changes['model_kwargs'] = dict(args_kwargs)
+        return dataclasses.replace(record, **changes) if changes else record
+
+
+def training_args(checkpoint: Any) -> dict[str, Any]:
+    """The training flags a checkpoint stores under ``args`` (train.py: a dict; timm's and DeiT's training
+    scripts: an argparse Namespace), or an empty dict."""
+    args = checkpoint.get('args') if isinstance(checkpoint, Mapping) else None
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    return dict(args) if isinstance(args, Mapping) else {}
+
+
+def _untrusted(source: str | os.PathLike, problem: str) -> CheckpointError:
+    return CheckpointError(f'{source}: {problem}; the file was altered or not written by this project (re-save it '
+                           f'from a trusted source)')
+
+
+def _floats(values: Any) -> tuple[float, ...]:
+    return tuple(float(value) for value in values)
 
 
 def _is_int(value: Any, low: int, high: int) -> bool:
@@ -146,18 +245,8 @@ def _model_kwargs_problem(kwargs: Any, field: str) -> str | None:
     return None
 
 
-def _metadata_problem(checkpoint: Mapping[str, Any]) -> str | None:
-    """The first thing wrong with the checkpoint's ``metadata`` / ``args``, as ``field: problem``, or None."""
-    args = checkpoint.get('args')
-    if isinstance(args, argparse.Namespace):
-        args = vars(args)
-    if isinstance(args, Mapping):
-        problem = _model_kwargs_problem(args.get('model_kwargs'), 'args.model_kwargs')
-        if problem:
-            return problem
-    metadata = checkpoint.get('metadata')
-    if metadata is None:
-        return None
+def _metadata_problem(metadata: Any) -> str | None:
+    """The first thing wrong with a stored ``metadata``, as ``metadata.field is ..., expected ...``, or None."""
     if not isinstance(metadata, Mapping):
         return f'metadata is a {type(metadata).__name__}, not a mapping'
     model = metadata.get('model')
@@ -183,6 +272,11 @@ def _metadata_problem(checkpoint: Mapping[str, Any]) -> str | None:
         'class_names': (lambda value: isinstance(value, (list, tuple)) and 0 < len(value) <= MAX_NUM_CLASSES
                         and all(isinstance(name, str) and 0 < len(name) <= 1000 for name in value)
                         and len(set(value)) == len(value), 'a list of distinct class names'),
+        # the recipe's record (model card): typed like the rest, as a reader formats them as numbers and text
+        'version': (lambda value: isinstance(value, str) and len(value) <= 100, 'a version text'),
+        'total_batch_size': (lambda value: _is_int(value, 1, 2 ** 40), 'a positive integer'),
+        'learning_rate': (_is_real, 'a finite number'),
+        'world_size': (lambda value: _is_int(value, 1, 2 ** 40), 'a positive integer'),
     }
     for field, (valid, expected) in checks.items():
         value = metadata.get(field)
@@ -193,7 +287,7 @@ def _metadata_problem(checkpoint: Mapping[str, Any]) -> str | None:
 
 
 def _interpolations() -> tuple[str, ...]:
-    from .config import INTERPOLATIONS  # here, not at the top: config imports cli, which imports this module
+    from .config import INTERPOLATIONS  # here, not at the top: config is train.py's flag module (yaml, adversarial)
     return INTERPOLATIONS
 
 
@@ -244,36 +338,6 @@ def _verify_checksum(checkpoint: Mapping[str, Any], path: Path) -> None:
     if content_checksum(checkpoint) != expected:
         raise CheckpointError(f'checkpoint {path} is damaged: its contents do not match the checksum written with '
                               f'it (a flipped bit or a bad copy); use another checkpoint or a backup')
-
-
-def checkpoint_model_kwargs(checkpoint: Any) -> dict[str, Any] | None:
-    """The constructor arguments a training run used: ``metadata['model_kwargs']``, else ``args['model_kwargs']``
-    (train.py and timm's train.py both store the latter; timm's as an argparse Namespace)."""
-    if not isinstance(checkpoint, Mapping):
-        return None
-    metadata = checkpoint.get('metadata')
-    if isinstance(metadata, Mapping) and isinstance(metadata.get('model_kwargs'), Mapping):
-        return dict(metadata['model_kwargs'])
-    args = checkpoint.get('args')
-    if args is not None and not isinstance(args, Mapping):
-        args = getattr(args, '__dict__', None)
-    if isinstance(args, Mapping) and isinstance(args.get('model_kwargs'), Mapping):
-        return dict(args['model_kwargs'])
-    return None
-
-
-def portable_metadata(checkpoint: Any) -> dict[str, Any]:
-    """What evaluating these weights later needs besides the tensors: the checkpoint's ``metadata`` with the model
-    name (``arch`` in timm's checkpoints) and constructor arguments filled in where only ``args`` had them."""
-    if not isinstance(checkpoint, Mapping):
-        return {}
-    metadata = dict(checkpoint['metadata']) if isinstance(checkpoint.get('metadata'), Mapping) else {}
-    if not metadata.get('model') and isinstance(checkpoint.get('arch'), str):
-        metadata['model'] = checkpoint['arch']
-    kwargs = checkpoint_model_kwargs(checkpoint)
-    if kwargs and not metadata.get('model_kwargs'):
-        metadata['model_kwargs'] = kwargs
-    return metadata
 
 
 def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -355,102 +419,9 @@ def check_state_dict_fits(
         )
 
 
-def raised_by_interrupt(error: BaseException) -> bool:
-    """Whether ``error`` is, or was raised while handling, a KeyboardInterrupt."""
-    return caused_by(error, KeyboardInterrupt)
-
-
-def _creation_mode() -> int:
-    """The permissions ``open()`` would give a new file (0o666 less the umask): mkstemp makes 0600 files."""
-    try:  # Linux names the umask without changing it (os.umask must set one to read it, racing other threads)
-        with open('/proc/self/status', encoding='ascii') as status:
-            for line in status:
-                if line.startswith('Umask:'):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-# Below this many free bytes after a failed write, the failure is reported as a full disk: torch.save reports
-# ENOSPC as '[enforce fail at inline_container.cc] unexpected pos', without the errno.
-_FULL_DISK_BYTES = 64 * 2 ** 20
-
-
-def _is_disk_full(error: BaseException, directory: Path) -> bool:
-    if getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if not isinstance(error, RuntimeError):
-        return False
-    try:
-        stats = os.statvfs(directory)
-    except (OSError, AttributeError):
-        return False
-    return stats.f_bavail * stats.f_frsize < _FULL_DISK_BYTES
-
-
-def _atomic_write(path: str | os.PathLike, write: Any) -> Path:
-    """Write through ``write(file)`` into a temp file beside ``path``, fsync, then rename over ``path``.
-
-    The file gets the permissions a plain ``open()`` would give it (those of the file it replaces, else 0o666 less
-    the umask), so results and checkpoints can be shared as the user's umask says.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        try:
-            mode = path.stat().st_mode & 0o777
-        except OSError:
-            mode = _creation_mode()
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, 'wb') as file:
-            write(file)
-            file.flush()
-            kill_point('file-write')
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as error:
-        disk_full = isinstance(error, (OSError, RuntimeError)) and _is_disk_full(error, path.parent)
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        if raised_by_interrupt(error):  # Ctrl-C inside torch.save comes out as a RuntimeError: keep it an interrupt
-            raise KeyboardInterrupt from error
-        # e.g. disk full (torch.save reports it as a RuntimeError): say that nothing the user had was lost
-        if isinstance(error, (OSError, RuntimeError)):
-            previous = 'the previous file there is unchanged' if path.exists() else 'no file was written'
-            reason = 'No space left on device' if disk_full else (
-                getattr(error, 'strerror', None) or str(error).splitlines()[0])
-            message = f'could not write {path} ({reason}); {previous}'
-            errno_value = errno.ENOSPC if disk_full else getattr(error, 'errno', None)
-            raise (OSError(errno_value, message) if errno_value else OSError(message)) from error
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` that never leaves a partial file at ``path`` (the old file survives any failure)."""
-    return _atomic_write(path, lambda file: torch.save(obj, file))
-
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
-    return _atomic_write(path, lambda file: file.write(data))
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    return atomic_write_bytes(text.encode('utf-8'), path)
+    return atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,

@@ -15,12 +15,10 @@ import sys
 import urllib.parse
 from typing import Callable, Iterator, NoReturn, Sequence
 
+from .errors import CheckpointError, LabelSpaceError, UsageError, caused_by, raised_by_interrupt
+
 __all__ = ['UsageError', 'user_errors', 'DefaultsHelpFormatter', 'OneLineErrorParser', 'run_cli', 'setup_logging',
            'pretrained_download', 'caused_by']
-
-
-class UsageError(ValueError):
-    """Bad input from the user (arguments, paths, data layout); the message says what to do."""
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -54,18 +52,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "the user gave us something wrong", reported without a traceback.
-
-    ``CheckpointError`` and ``LabelSpaceError`` live with the torch code (:mod:`robustcnn.checkpoint`,
-    :mod:`robustcnn.data`); each is only looked up once its module is loaded (nothing can have raised it before),
-    so that this module stays free of torch and ``--help`` stays fast.
-    """
-    errors: tuple[type[BaseException], ...] = (UsageError, FileNotFoundError, NotADirectoryError)
-    for module_name, error_name in (('checkpoint', 'CheckpointError'), ('data.label_space', 'LabelSpaceError')):
-        module = sys.modules.get(f'{__package__}.{module_name}')
-        if module is not None:
-            errors += (getattr(module, error_name),)
-    return errors
+    """Errors that mean "the user gave us something wrong", reported without a traceback (the project's own live
+    in :mod:`robustcnn.errors`, a leaf: naming them loads no torch, so ``--help`` stays fast)."""
+    return UsageError, CheckpointError, LabelSpaceError, FileNotFoundError, NotADirectoryError
 
 
 def setup_logging(is_main: bool = True, log_file: str | os.PathLike | None = None) -> None:
@@ -127,18 +116,6 @@ def pretrained_download(wanted: bool) -> Iterator[None]:
         raise
 
 
-def caused_by(error: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``error`` is a ``kind``, or was raised from or while handling one (cycles in the chain end it)."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
-
-
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
             prog: str | None = None) -> NoReturn:
     """Run ``main(argv)`` and exit: 0 on success, 2 with one line for a user error, 130 on Ctrl-C, 1 with one line
@@ -174,8 +151,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except Exception as error:  # after BrokenPipeError, which is an Exception too
         # Ctrl-C also reaches the DataLoader workers, whose death the loader then reports as its own error, at
         # times after a library swallowed the main process's KeyboardInterrupt: any failure after Ctrl-C is it
-        checkpoint = sys.modules.get(f'{__package__}.checkpoint')
-        if interrupts or (checkpoint is not None and checkpoint.raised_by_interrupt(error)):
+        if interrupts or raised_by_interrupt(error):
             print(f'{prog}: interrupted', file=sys.stderr)
             sys.exit(130)
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):

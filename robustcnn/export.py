@@ -21,8 +21,9 @@ import torch
 from timm.models._hub import generate_readme, save_config_for_hf
 
 from . import __version__
-from .checkpoint import (SAFETENSORS_METADATA_KEY, atomic_write_text, check_state_dict_fits, extract_state_dict,
-                         load_checkpoint_file, portable_metadata, save_safetensors)
+from .atomic import atomic_write_text
+from .checkpoint import (SAFETENSORS_METADATA_KEY, CheckpointMetadata, check_state_dict_fits, extract_state_dict,
+                         load_checkpoint_file, save_safetensors, training_args)
 from .cli import UsageError
 
 __all__ = ['export_for_hub', 'push_folder_to_hub', 'WEIGHTS_FILE', 'CONFIG_FILE', 'CARD_FILE']
@@ -47,33 +48,23 @@ _CITATION = """@inproceedings{wang2023robustcnn,
 }"""
 
 
-def _checkpoint_args(checkpoint: Any) -> dict[str, Any]:
-    args = checkpoint.get('args') if isinstance(checkpoint, Mapping) else None
-    if args is not None and not isinstance(args, Mapping):
-        args = getattr(args, '__dict__', None)  # timm/DeiT store an argparse.Namespace
-    return dict(args) if isinstance(args, Mapping) else {}
-
-
-def _num_classes(model_name: str, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> int | None:
+def _num_classes(model_name: str, state_dict: Mapping[str, torch.Tensor], metadata: CheckpointMetadata) -> int | None:
     """From the metadata, else the classifier's rows (a released bare state dict records nothing else)."""
-    if metadata.get('num_classes'):
-        return int(metadata['num_classes'])
+    if metadata.num_classes:
+        return metadata.num_classes
     classifier = timm.get_pretrained_cfg_value(model_name, 'classifier')
     weight = state_dict.get(f'{classifier}.weight') if isinstance(classifier, str) else None
     return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
 
 
-def _data_config(metadata: Mapping[str, Any]) -> dict[str, Any]:
+def _data_config(metadata: CheckpointMetadata) -> dict[str, Any]:
     """The evaluation preprocessing the checkpoint records (train.py's metadata); the model's defaults otherwise."""
     config: dict[str, Any] = {}
-    if metadata.get('input_size'):
-        config['input_size'] = tuple(int(value) for value in metadata['input_size'])
-    for name in ('crop_pct', 'interpolation'):
-        if metadata.get(name) is not None:
-            config[name] = metadata[name]
-    for name in ('mean', 'std'):
-        if metadata.get(name) is not None:
-            config[name] = tuple(float(value) for value in metadata[name])
+    if metadata.input_size:
+        config['input_size'] = metadata.input_size
+    for name in ('crop_pct', 'interpolation', 'mean', 'std'):
+        if getattr(metadata, name) is not None:
+            config[name] = getattr(metadata, name)
     return config
 
 
@@ -104,18 +95,18 @@ def _results_table(results_files: Sequence[Path]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _training_data(args: Mapping[str, Any], metadata: Mapping[str, Any], num_classes: int) -> tuple[str, bool]:
+def _training_data(args: Mapping[str, Any], metadata: CheckpointMetadata, num_classes: int) -> tuple[str, bool]:
     """(name, is ImageNet-1k): ImageNet's when the classes are its 1000 WordNet ids (or a bare 1000-way state
     dict, as released), else the training folder's name."""
     from .data.label_space import imagenet_wnids
-    class_names = metadata.get('class_names')
-    if (tuple(class_names) == imagenet_wnids()) if class_names else num_classes == 1000:
+    class_names = metadata.class_names
+    if (class_names == imagenet_wnids()) if class_names else num_classes == 1000:
         return 'ImageNet-1k', True
     data_dir = args.get('data_dir')
     return (Path(str(data_dir)).name if data_dir else 'unknown'), False
 
 
-def _model_card(model: torch.nn.Module, name: str, args: Mapping[str, Any], metadata: Mapping[str, Any],
+def _model_card(model: torch.nn.Module, name: str, args: Mapping[str, Any], metadata: CheckpointMetadata,
                 data_config: Mapping[str, Any], results_files: Sequence[Path], source: str) -> str:
     dataset, is_imagenet = _training_data(args, metadata, model.num_classes)
     data_dir = args.get('data_dir')
@@ -132,14 +123,14 @@ def _model_card(model: torch.nn.Module, name: str, args: Mapping[str, Any], meta
         'Original': 'https://github.com/UCSC-VLAA/RobustCNN',
     }
     recipe = {label: args[key] for key, label in _RECIPE_FIELDS if args.get(key) is not None}
-    if metadata.get('total_batch_size'):
-        recipe['Total batch size'] = metadata['total_batch_size']
-    if metadata.get('learning_rate'):
-        recipe['Learning rate'] = f'{float(metadata["learning_rate"]):.3g}'
+    if metadata.total_batch_size:
+        recipe['Total batch size'] = metadata.total_batch_size
+    if metadata.learning_rate:
+        recipe['Learning rate'] = f'{float(metadata.learning_rate):.3g}'
     if recipe:
         details['Training recipe (from the checkpoint)'] = recipe
-    if metadata.get('model_kwargs'):
-        details['Model arguments'] = dict(metadata['model_kwargs'])
+    if metadata.model_kwargs:
+        details['Model arguments'] = dict(metadata.model_kwargs)
     card: dict[str, Any] = {
         'license': str(model.pretrained_cfg.get('license') or 'mit'),
         'tags': ['image-classification', 'timm', 'robustcnn'],
@@ -169,15 +160,15 @@ def export_for_hub(checkpoint_path: str | Path, output_dir: str | Path, *, model
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f'output {output_dir} exists and is not a folder')
     loaded = load_checkpoint_file(checkpoint_path)
-    metadata = portable_metadata(loaded)
-    model_name = model_name or metadata.get('model')
+    metadata = CheckpointMetadata.from_checkpoint(loaded, checkpoint_path, complete=True)
+    model_name = model_name or metadata.model
     if not model_name:
         raise UsageError(f'{checkpoint_path} does not record its model; pass --model NAME')
     import robustcnn.models  # noqa: F401  (registers the robust_resnet_* models)
     if not timm.is_model(model_name):
         raise UsageError(f'unknown model {model_name!r}; see `robustcnn models`')
     state_dict = extract_state_dict(loaded, use_ema=use_ema)
-    model_kwargs = dict(metadata.get('model_kwargs') or {})
+    model_kwargs = dict(metadata.model_kwargs or {})
     num_classes = _num_classes(model_name, state_dict, metadata)
     if num_classes is not None:
         model_kwargs['num_classes'] = num_classes
@@ -188,18 +179,20 @@ def export_for_hub(checkpoint_path: str | Path, output_dir: str | Path, *, model
     check_state_dict_fits(model, state_dict, source=str(checkpoint_path))
     model.load_state_dict(state_dict, strict=True)
     data_config = _data_config(metadata)
-    dataset, is_imagenet = _training_data(_checkpoint_args(loaded), metadata, model.num_classes)
+    args = training_args(loaded)
+    dataset, is_imagenet = _training_data(args, metadata, model.num_classes)
     # the variant's tag ('untrained' for the small sizes) describes timm's cfg, not these weights
     model_config: dict[str, Any] = {'pretrained_cfg': {'tag': 'in1k' if is_imagenet else dataset.lower()}}
-    if metadata.get('class_names'):
-        model_config['label_names'] = list(metadata['class_names'])
-    card = _model_card(model, output_dir.resolve().name, _checkpoint_args(loaded), metadata, data_config,
+    if metadata.class_names:
+        model_config['label_names'] = list(metadata.class_names)
+    card = _model_card(model, output_dir.resolve().name, args, metadata, data_config,
                        results_files, checkpoint_path.name)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     header = {'source': checkpoint_path.name, 'robustcnn_version': __version__}
-    if metadata:  # validate.py --checkpoint DIR/model.safetensors then needs no more flags than the checkpoint
-        header[SAFETENSORS_METADATA_KEY] = json.dumps(metadata, default=str)
+    stored = metadata.to_dict()
+    if stored:  # validate.py --checkpoint DIR/model.safetensors then needs no more flags than the checkpoint
+        header[SAFETENSORS_METADATA_KEY] = json.dumps(stored, default=str)
     save_safetensors(model.state_dict(), output_dir / WEIGHTS_FILE, metadata=header)
     atomic_write_text(card, output_dir / CARD_FILE)
     with tempfile.TemporaryDirectory() as scratch:  # timm writes the config in place: let it write a scratch copy

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .checkpoint import atomic_write_bytes
+from .atomic import atomic_write_bytes
 from .cli import UsageError
 
 __all__ = ['RESULT_SUFFIXES', 'README_SETS', 'readme_columns', 'FigureBar', 'check_results_path', 'check_output_file',

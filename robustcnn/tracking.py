@@ -139,7 +139,7 @@ class WandbTracker:
         return state if isinstance(state, dict) else {}
 
     def _write_state(self) -> None:
-        from .checkpoint import atomic_write_text
+        from .atomic import atomic_write_text
         state = {'id': self.run.id, 'last_step': self.last_step}
         atomic_write_text(json.dumps(state) + '\n', self.state_path)
 

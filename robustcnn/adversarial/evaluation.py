@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_text
+from ..atomic import atomic_write_text
 from ..cli import UsageError
 from ..data.folder import ClassFolderDataset
 from ..data.transforms import EvalPreprocessing, build_eval_transform

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
-from ..checkpoint import atomic_write_text
+from ..atomic import atomic_write_text
 from ..data.device_decode import DeviceDecodingLoader, JpegBytesDataset, collate_encoded_batch
 from ..data.folder import ClassFolderDataset
 from ..data.loader import build_eval_loader

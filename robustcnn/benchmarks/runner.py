@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..checkpoint import check_state_dict_fits, checkpoint_model_kwargs, extract_state_dict, load_checkpoint_file
+from ..checkpoint import CheckpointMetadata, check_state_dict_fits, extract_state_dict, load_checkpoint_file
 from ..cli import UsageError
 from ..data.device_decode import check_device_preprocessing
 from ..data.label_space import LabelSpace, resolve_label_space
@@ -158,25 +158,20 @@ def apply_checkpoint_defaults(request: ValidationRequest, checkpoint: Any, model
     224 px. Flags the user gives always win. The model arguments are used only when the checkpoint's model is the
     one evaluated (they belong to that architecture).
     """
-    if not isinstance(checkpoint, Mapping):
-        return request
-    metadata = checkpoint.get('metadata')
-    metadata = metadata if isinstance(metadata, Mapping) else {}
+    metadata = CheckpointMetadata.from_checkpoint(checkpoint, complete=True)
     changes: dict[str, Any] = {}
     if request.model_kwargs is None:
-        stored_model = metadata.get('model') or checkpoint.get('arch')
-        kwargs = checkpoint_model_kwargs(checkpoint)
+        stored_model, kwargs = metadata.model, metadata.model_kwargs
         if kwargs and (stored_model is None or stored_model == model_name):
-            changes['model_kwargs'] = kwargs
+            changes['model_kwargs'] = dict(kwargs)
         elif kwargs:
             _logger.warning('checkpoint was trained as %s with %s; not applying those arguments to --model %s',
                             stored_model, kwargs, model_name)
-    if request.img_size is None and request.input_size is None and metadata.get('input_size'):
-        changes['input_size'] = tuple(int(value) for value in metadata['input_size'])
+    if request.img_size is None and request.input_size is None and metadata.input_size:
+        changes['input_size'] = metadata.input_size
     for name in ('crop_pct', 'interpolation', 'mean', 'std'):
-        if getattr(request, name) is None and metadata.get(name) is not None:
-            value = metadata[name]
-            changes[name] = tuple(float(item) for item in value) if name in ('mean', 'std') else value
+        if getattr(request, name) is None and getattr(metadata, name) is not None:
+            changes[name] = getattr(metadata, name)
     if changes:
         _logger.info('from the checkpoint: %s', ', '.join(f'{name}={value}' for name, value in changes.items()))
     return dataclasses.replace(request, **changes) if changes else request
@@ -205,9 +200,8 @@ def load_eval_model(
     import robustcnn  # noqa: F401  (registers the robust_resnet_* models)
     if not timm.is_model(model_name):
         raise UsageError(f'unknown model {model_name!r}; see timm.list_models() (robust_resnet_* are ours)')
-    metadata = checkpoint.get('metadata') if isinstance(checkpoint, Mapping) else None
-    if num_classes is None and isinstance(metadata, Mapping) and metadata.get('num_classes'):
-        num_classes = int(metadata['num_classes'])
+    if num_classes is None:
+        num_classes = CheckpointMetadata.from_checkpoint(checkpoint, checkpoint_path or 'the checkpoint').num_classes
     if num_classes is None and class_list_is_explicit and label_space is not None and not label_space.is_imagenet_1k:
         num_classes = len(label_space)
     kwargs = dict(model_kwargs or {})
@@ -284,13 +278,13 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
     checkpoint = load_checkpoint_file(request.checkpoint) if request.checkpoint else None
     if checkpoint is None and not request.pretrained:
         raise UsageError('give --checkpoint PATH (or --pretrained for timm\'s released weights)')
-    metadata = checkpoint.get('metadata') if isinstance(checkpoint, Mapping) else None
-    model_name = request.model or (metadata.get('model') if isinstance(metadata, Mapping) else None)
+    metadata = CheckpointMetadata.from_checkpoint(checkpoint, request.checkpoint or 'the checkpoint')
+    model_name = request.model or metadata.model
     if not model_name:
         raise UsageError('give --model NAME (the checkpoint does not record its model)')
     request = apply_checkpoint_defaults(request, checkpoint, model_name)
-    model_label_space = resolve_label_space(request.class_map, metadata, request.checkpoint, default=None) \
-        if (request.class_map or (isinstance(metadata, Mapping) and metadata.get('class_names'))) else None
+    model_label_space = resolve_label_space(request.class_map, metadata.class_names, request.checkpoint,
+                                            default=None) if (request.class_map or metadata.class_names) else None
 
     # 3. scan the class-folder sets now, so a bad layout fails before the model loads
     try:

@@ -16,15 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..errors import LabelSpaceError
+
 __all__ = [
     'LabelSpace', 'LabelSpaceError', 'imagenet_wnids', 'imagenet_r_wnids', 'imagenet_r_indices', 'imagenet_a_wnids',
-    'imagenet_a_indices', 'load_class_map', 'label_space_from_metadata', 'resolve_label_space',
+    'imagenet_a_indices', 'load_class_map', 'resolve_label_space',
 ]
-
-
-class LabelSpaceError(ValueError):
-    """A class list (``--class-map``, a checkpoint's ``class_names``) is malformed or contradicts another; the
-    command lines report it in one line."""
 
 
 def _timm_info_lines(file_name: str) -> list[str]:
@@ -166,27 +163,19 @@ def _names_from_mapping(mapping: Mapping[str, Any], path: Path) -> list[str]:
     return names
 
 
-def label_space_from_metadata(metadata: Any, source: str) -> LabelSpace | None:
-    """The class list a training checkpoint stores under ``metadata['class_names']`` (folder names in label order)."""
-    if not isinstance(metadata, Mapping):
-        return None
-    class_names = metadata.get('class_names')
-    if not class_names:
-        return None
-    return LabelSpace(tuple(str(name) for name in class_names), f'class_names stored in {source}')
-
-
 def resolve_label_space(
         class_map: str | os.PathLike | None = None,
-        metadata: Any = None,
+        checkpoint_classes: Sequence[str] | None = None,
         checkpoint_path: str | None = None,
         default: LabelSpace | None = None,
 ) -> LabelSpace:
-    """Pick the label space: --class-map, else the checkpoint's class list, else ``default`` (ImageNet-1k).
+    """Pick the label space: --class-map, else the class list a training checkpoint stores (its metadata's
+    ``class_names``: folder names in label order), else ``default`` (ImageNet-1k).
 
     A class map that contradicts the class list the checkpoint was trained with is an error: one of them mislabels
     every image."""
-    from_checkpoint = label_space_from_metadata(metadata, checkpoint_path or 'the checkpoint')
+    source = f'class_names stored in {checkpoint_path or "the checkpoint"}'
+    from_checkpoint = LabelSpace(tuple(checkpoint_classes), source) if checkpoint_classes else None
     if class_map:
         given = load_class_map(class_map)
         if from_checkpoint is not None and given.class_names != from_checkpoint.class_names:

@@ -1,4 +1,6 @@
-"""Training checkpoints: what they hold, where they go, and how a run continues from one.
+"""Training checkpoints: what they hold, where they go, and how a run continues from one (written and read here,
+side by side: :func:`training_checkpoint` and :class:`CheckpointSaver`; :func:`find_resume_checkpoint`,
+:func:`check_resume_geometry` and :func:`restore_training_state`).
 
 Files in the run folder, named as timm names them:
 
@@ -13,6 +15,7 @@ loads with ``torch.load(weights_only=True)``, and carries a SHA-256 of its conte
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import random
@@ -24,12 +27,14 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..checkpoint import (CheckpointError, atomic_save, check_state_dict_fits, clean_state_dict, load_checkpoint_file,
-                          with_checksum)
+from ..checkpoint import (CheckpointError, CheckpointMetadata, atomic_save, check_state_dict_fits, clean_state_dict,
+                          load_checkpoint_file, training_args, with_checksum)
+from ..errors import UsageError
 
 __all__ = [
-    'LAST_NAME', 'BEST_NAME', 'capture_rng_state', 'restore_rng_state', 'CheckpointSaver', 'ResumePoint',
-    'ResumeChoice', 'find_resume_checkpoint', 'checkpoint_progress', 'restore_training_state',
+    'LAST_NAME', 'BEST_NAME', 'capture_rng_state', 'restore_rng_state', 'training_checkpoint', 'CheckpointSaver',
+    'ResumePoint', 'ResumeChoice', 'find_resume_checkpoint', 'checkpoint_progress', 'check_resume_geometry',
+    'restore_training_state',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -63,6 +68,64 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _plain(value: Any) -> Any:
+    """Keep only what ``torch.load(weights_only=True)`` accepts (drops e.g. a plateau scheduler's inner object)."""
+    if isinstance(value, (str, int, float, bool)) or value is None or isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        return {key: plain for key, item in value.items() if (plain := _plain(item)) is not _DROP}
+    return _DROP
+
+
+_DROP = object()
+
+
+def training_checkpoint(
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        args: argparse.Namespace,
+        metadata: CheckpointMetadata,
+        *,
+        epoch: int,
+        epoch_complete: bool,
+        batch_in_epoch: int,
+        num_updates: int,
+        model_ema: torch.nn.Module | None = None,
+        scaler: Any = None,
+        metrics: Mapping[str, float] | None = None,
+        epoch_totals: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Everything a run continues from, as plain data and tensors (what :func:`restore_training_state` reads
+    back): the model under timm's ``arch`` / ``state_dict`` keys, optimizer, schedule, position, RNG state, the
+    training flags (``args``) and the :class:`CheckpointMetadata` validate.py uses the weights with."""
+    checkpoint: dict[str, Any] = {
+        'arch': args.model,
+        'state_dict': model.state_dict(),
+        'optimizer': optimizer.state_dict(),
+        'scheduler': _plain(scheduler.state_dict()),
+        'epoch': epoch,
+        'epoch_complete': epoch_complete,
+        'batch_in_epoch': batch_in_epoch,
+        'step': num_updates,
+        'rng': capture_rng_state(),
+        'args': _plain(dict(vars(args))),
+        'metadata': metadata.to_dict(),
+    }
+    if model_ema is not None:
+        checkpoint['state_dict_ema'] = model_ema.module.state_dict()
+    if scaler is not None:
+        checkpoint['scaler'] = scaler.state_dict()
+    if metrics:
+        checkpoint['metrics'] = dict(metrics)
+    if epoch_totals:
+        checkpoint['epoch_totals'] = dict(epoch_totals)
+    return checkpoint
 
 
 def checkpoint_progress(checkpoint: Mapping[str, Any]) -> tuple[int, int]:
@@ -224,6 +287,24 @@ def find_resume_checkpoint(run_dir: str | Path) -> ResumeChoice | None:
     return None if best is None else ResumeChoice(best[1], best[2], skipped)
 
 
+def check_resume_geometry(checkpoint: Any, args: argparse.Namespace, source: str) -> None:
+    """A resume with another per-device batch or input size: refused mid-epoch (the position counts batches of
+    the old size, so samples would be skipped or repeated), a warning at an epoch boundary."""
+    saved = training_args(checkpoint)
+    if not saved:
+        return
+    mid_epoch = not checkpoint.get('epoch_complete', True)
+    for flag, name in (('-b/--batch-size', 'batch_size'), ('--img-size', 'img_size')):
+        before, now = saved.get(name), getattr(args, name, None)
+        if before is None or now is None or before == now:
+            continue
+        if mid_epoch and name == 'batch_size':
+            raise UsageError(f'{source} stopped inside an epoch with {flag} {before}; resuming it with {now} would '
+                             f'skip or repeat samples: resume with {flag} {before}')
+        _logger.warning('resuming %s, trained with %s %s, with %s %s: the run continues with the new value',
+                        source, flag, before, flag, now)
+
+
 @dataclass
 class ResumePoint:
     """Where a resumed run continues."""
@@ -253,11 +334,11 @@ def restore_training_state(
     if not isinstance(checkpoint, Mapping) or 'state_dict' not in checkpoint:
         raise CheckpointError(f'{source} is not a training checkpoint (no state_dict); use --initial-checkpoint '
                               f'to start from plain weights')
-    metadata = checkpoint.get('metadata') or {}
-    saved_model = metadata.get('model')
+    metadata = CheckpointMetadata.from_checkpoint(checkpoint, source)
+    saved_model = metadata.model
     if saved_model and saved_model != model_name:
         raise CheckpointError(f'{source} was trained as model {saved_model!r} but --model is {model_name!r}')
-    saved_classes = metadata.get('class_names')
+    saved_classes = metadata.class_names
     if class_names is not None and saved_classes and list(saved_classes) != list(class_names):
         raise CheckpointError(
             f'{source} was trained on {len(saved_classes)} classes that differ from the {len(class_names)} class '

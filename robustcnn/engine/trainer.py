@@ -25,7 +25,8 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from .. import __version__
-from ..checkpoint import CheckpointError, atomic_write_text, load_checkpoint_file, load_model_weights
+from ..atomic import atomic_write_text
+from ..checkpoint import CheckpointError, CheckpointMetadata, load_checkpoint_file, load_model_weights
 from ..cli import UsageError, setup_logging
 from ..config import args_to_yaml, effective_learning_rate, resolve_device_defaults, total_batch_size
 from ..data.folder import ClassFolderDataset, scan_class_folders
@@ -33,8 +34,8 @@ from ..data.loader import build_eval_loader
 from ..data.train_data import build_train_loader, build_train_transform, check_split_folder, resolve_class_names
 from ..tracking import NullTracker, Tracker, build_tracker
 from ..run_folder import RunFolderClaim, claim_run_folder, set_aside
-from .checkpointing import CheckpointSaver, ResumePoint, capture_rng_state, find_resume_checkpoint, \
-    restore_training_state
+from .checkpointing import CheckpointSaver, ResumePoint, check_resume_geometry, find_resume_checkpoint, \
+    restore_training_state, training_checkpoint
 from .runtime import AMP_DTYPES, Runtime, init_runtime
 from .train_loop import EpochResult, NonFiniteLossError, train_one_epoch, unwrap_model
 
@@ -141,21 +142,6 @@ def build_recipe(args: argparse.Namespace, model: torch.nn.Module, num_classes: 
                   learning_rate=learning_rate, total_batch_size=total_batch_size(args, world_size))
 
 
-def _plain(value: Any) -> Any:
-    """Keep only what ``torch.load(weights_only=True)`` accepts (drops e.g. a plateau scheduler's inner object)."""
-    if isinstance(value, (str, int, float, bool)) or value is None or isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (list, tuple)):
-        items = [_plain(item) for item in value]
-        return items if isinstance(value, list) else tuple(items)
-    if isinstance(value, dict):
-        return {key: plain for key, item in value.items() if (plain := _plain(item)) is not _DROP}
-    return _DROP
-
-
-_DROP = object()
-
-
 def _continues_in(args: argparse.Namespace, run_dir: Path) -> bool:
     """Whether this start continues the run in ``run_dir`` (so may write over its files)."""
     if args.resume == 'auto':
@@ -163,24 +149,6 @@ def _continues_in(args: argparse.Namespace, run_dir: Path) -> bool:
     if not args.resume:
         return False
     return Path(args.resume).resolve().parent == run_dir.resolve()
-
-
-def _check_same_geometry(checkpoint: Any, args: argparse.Namespace, source: str) -> None:
-    """A resume with another per-device batch or input size: refused mid-epoch (the position counts batches of
-    the old size, so samples would be skipped or repeated), a warning at an epoch boundary."""
-    saved = checkpoint.get('args') if isinstance(checkpoint, dict) else None
-    if not isinstance(saved, dict):
-        return
-    mid_epoch = not checkpoint.get('epoch_complete', True)
-    for flag, name in (('-b/--batch-size', 'batch_size'), ('--img-size', 'img_size')):
-        before, now = saved.get(name), getattr(args, name, None)
-        if before is None or now is None or before == now:
-            continue
-        if mid_epoch and name == 'batch_size':
-            raise UsageError(f'{source} stopped inside an epoch with {flag} {before}; resuming it with {now} would '
-                             f'skip or repeat samples: resume with {flag} {before}')
-        _logger.warning('resuming %s, trained with %s %s, with %s %s: the run continues with the new value',
-                        source, flag, before, flag, now)
 
 
 def _read_summary_rows(path: Path, before_epoch: int) -> list[dict[str, str]]:
@@ -328,7 +296,7 @@ class _Trainer:
             source, checkpoint = args.resume, load_checkpoint_file(args.resume)
         resumed = checkpoint is not None
         if checkpoint is not None:
-            _check_same_geometry(checkpoint, args, source)
+            check_resume_geometry(checkpoint, args, source)
             self.resume = restore_training_state(
                 checkpoint, source, model, model_name=args.model, class_names=self.class_names,
                 optimizer=self.recipe.optimizer, scheduler=self.recipe.scheduler, scaler=self.scaler,
@@ -380,50 +348,33 @@ class _Trainer:
                          'adversarially with --mixup 0 --cutmix 0 --reprob 0 (TRAIN.md)')
         return adversary
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> CheckpointMetadata:
         """What validate.py needs to use the weights without the training command: labels and preprocessing."""
         config = self.data_config
-        return {
-            'version': __version__,
-            'model': self.args.model,
-            'model_kwargs': dict(self.args.model_kwargs or {}),
-            'class_names': list(self.class_names),
-            'num_classes': self.num_classes,
-            'img_size': int(config['input_size'][-1]),
-            'input_size': [int(value) for value in config['input_size']],
-            'interpolation': self.eval_preprocessing.interpolation,
-            'crop_pct': float(self.eval_preprocessing.crop_pct),
-            'mean': [float(value) for value in self.eval_preprocessing.mean],
-            'std': [float(value) for value in self.eval_preprocessing.std],
-            'total_batch_size': self.recipe.total_batch_size,
-            'learning_rate': self.recipe.learning_rate,
-            'world_size': self.runtime.data_parallel_size,
-        }
+        return CheckpointMetadata(
+            version=__version__,
+            model=self.args.model,
+            model_kwargs=dict(self.args.model_kwargs or {}),
+            class_names=tuple(self.class_names),
+            num_classes=self.num_classes,
+            img_size=int(config['input_size'][-1]),
+            input_size=tuple(int(value) for value in config['input_size']),
+            interpolation=self.eval_preprocessing.interpolation,
+            crop_pct=float(self.eval_preprocessing.crop_pct),
+            mean=tuple(float(value) for value in self.eval_preprocessing.mean),
+            std=tuple(float(value) for value in self.eval_preprocessing.std),
+            total_batch_size=self.recipe.total_batch_size,
+            learning_rate=self.recipe.learning_rate,
+            world_size=self.runtime.data_parallel_size,
+        )
 
     def checkpoint(self, epoch: int, num_updates: int, epoch_complete: bool, batch_in_epoch: int,
                    metrics: dict[str, float] | None = None, epoch_totals: dict[str, float] | None = None,
                    ) -> dict[str, Any]:
-        checkpoint: dict[str, Any] = {
-            'arch': self.args.model,
-            'state_dict': self.plain_model.state_dict(),
-            'optimizer': self.recipe.optimizer.state_dict(),
-            'scheduler': _plain(self.recipe.scheduler.state_dict()),
-            'epoch': epoch,
-            'epoch_complete': epoch_complete,
-            'batch_in_epoch': batch_in_epoch,
-            'step': num_updates,
-            'rng': capture_rng_state(),
-            'args': _plain(dict(vars(self.args))),
-            'metadata': self.metadata(),
-        }
-        if self.model_ema is not None:
-            checkpoint['state_dict_ema'] = self.model_ema.module.state_dict()
-        if self.scaler is not None:
-            checkpoint['scaler'] = self.scaler.state_dict()
-        if metrics:
-            checkpoint['metrics'] = dict(metrics)
-        if epoch_totals:
-            checkpoint['epoch_totals'] = dict(epoch_totals)
+        checkpoint = training_checkpoint(
+            self.plain_model, self.recipe.optimizer, self.recipe.scheduler, self.args, self.metadata(), epoch=epoch,
+            epoch_complete=epoch_complete, batch_in_epoch=batch_in_epoch, num_updates=num_updates,
+            model_ema=self.model_ema, scaler=self.scaler, metrics=metrics, epoch_totals=epoch_totals)
         return self.runtime.host_state(checkpoint)
 
     def validate(self, model: torch.nn.Module, description: str) -> Any:

@@ -104,8 +104,8 @@ def _verified_state_dict(model_name: str, path: Path, source: str) -> dict[str, 
 
 def download_weights(model_name: str, url: str | None = None, force: bool = False, quiet: bool = False) -> Path:
     """Fetch, verify and cache ``model_name``'s weights (see the module docstring); returns the cached file."""
-    from ..checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text
-    from ..cli import UsageError
+    from ..atomic import atomic_write_bytes, atomic_write_text
+    from ..errors import CheckpointError, UsageError
     url = url or RELEASED_WEIGHTS.get(model_name)
     if url is None:
         raise UsageError(f'{model_name} has no released weights (released: {", ".join(RELEASED_WEIGHTS)}); give '

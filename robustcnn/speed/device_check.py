@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ..checkpoint import atomic_write_text
+from ..atomic import atomic_write_text
 from ..cli import OneLineErrorParser, UsageError, setup_logging
 
 __all__ = ['CheckPlan', 'plan_for', 'run_device_check', 'run_cuda_tests', 'headline_ratio', 'format_markdown',

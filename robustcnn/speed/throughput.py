@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import atomic_write_text
+from ..atomic import atomic_write_text
 from ..engine.runtime import AMP_DTYPES, Runtime, init_runtime
 from ..models.fuse import fuse_for_inference
 

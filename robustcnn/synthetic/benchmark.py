@@ -39,6 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_write_text
 from ..cli import UsageError
 from .corruptions import CORRUPTIONS, corrupt
 from .shapes import SHAPE_NAMES, ShapePlacement, render_mask, render_outline
@@ -403,10 +404,7 @@ def _read_progress_config(partial: Path) -> Any:
 def _run_recorded_task(config: SyntheticConfig, root: str, task: tuple[str, Any]) -> int:
     """Run a task and record it as done (after its files are written: a killed task is redone, never half kept)."""
     written = _run_task(config, root, task)
-    marker = Path(root) / _DONE / _task_key(task)
-    temporary = marker.with_name(f'{marker.name}.tmp')
-    temporary.write_text(str(written), encoding='utf-8')
-    os.replace(temporary, marker)
+    atomic_write_text(str(written), Path(root) / _DONE / _task_key(task))
     return written
 
 

@@ -336,7 +336,7 @@ def _read_state(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_state(run_dir: Path, state: Mapping[str, Any]) -> None:
-    from ..checkpoint import atomic_write_text
+    from ..atomic import atomic_write_text
     atomic_write_text(json.dumps(state, indent=1, default=str) + '\n', run_dir / STATE_NAME)
 
 
@@ -445,7 +445,7 @@ def run_demo(options: DemoOptions) -> DemoOutcome:
         'sessions': state['sessions'],
         'machine': _machine(),
     }
-    from ..checkpoint import atomic_write_text
+    from ..atomic import atomic_write_text
     markdown = atomic_write_text(demo_markdown(payload), run_dir / 'report.md')
     figure = write_demo_figure(run_dir / 'report.png', payload)
     report_json = atomic_write_text(results_to_json(payload), run_dir / 'report.json')
