@@ -5,7 +5,10 @@ The JSON layout is the contract other tools read::
     {"model": ..., "checkpoint": ..., "results": {
         "imagenet-r": {"top1": 45.9, "top5": ..., "loss": ..., "num_samples": 30000, "skipped_files": 0},
         "imagenet-c": {"mean_corruption_error": 42.3, "mce": ..., "relative_mce": null, "num_samples": ...,
-                       "skipped_files": 0, "errors": {"gaussian_noise": {"1": 31.2, ...}, ...}}}}
+                       "skipped_files": 0, "errors": {"gaussian_noise": {"1": 31.2, ...}, ...}}},
+     "summaries": {"model-vs-human": {"ood_accuracy": 55.9, "num_sets": 17, "sets": [...], ...}}}
+
+``summaries`` (numbers over a family of sets, ``Benchmark.suite_summary``) is there only when such a set ran.
 
 Percentages throughout; metric names are exact (``mean_corruption_error`` is never called mCE). The tables are
 built from each set's own ``Benchmark.summary`` / ``headline_metric`` / ``report_details``, so a new set shows up
@@ -127,7 +130,8 @@ def results_to_json(payload: Mapping[str, Any]) -> str:
 
 
 def results_to_csv(payload: Mapping[str, Any]) -> str:
-    """One row per dataset with the summary metrics (ImageNet-C's per-folder errors are in JSON/Markdown)."""
+    """One row per dataset with the summary metrics (ImageNet-C's per-folder errors and the means over a family of
+    sets, ``summaries``, are in JSON/Markdown)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
     fields = _summary_fields(payload.get('results', {}))
@@ -174,8 +178,8 @@ def _readme_header(columns: Sequence[tuple[str, str, str]]) -> str:
 
 
 def results_to_markdown(payload: Mapping[str, Any]) -> str:
-    """A readable report: the README row, a summary per dataset, then each set's own details (ImageNet-C's
-    corruption x severity table)."""
+    """A readable report: the README row, a summary per dataset, the summaries over families of sets
+    (model-vs-human's means), then each set's own details (ImageNet-C's corruption x severity table)."""
     results = payload.get('results', {})
     lines = [f'# Evaluation of `{payload.get("model")}`', '']
     if payload.get('checkpoint'):
@@ -192,6 +196,10 @@ def results_to_markdown(payload: Mapping[str, Any]) -> str:
         lines.append('| ' + ' | '.join([dataset] + [
             format_cell(values.get(name), 4 if name == 'loss' else 2) for name in fields]) + ' |')
     from .benchmarks import BENCHMARKS
+    for key, summary in (payload.get('summaries') or {}).items():  # a family's numbers over its sets
+        owner = next((benchmark for benchmark in BENCHMARKS.values() if benchmark.suite_summary_key == key), None)
+        if owner is not None:
+            lines += owner.suite_summary_details(summary)
     for dataset, metrics in results.items():
         if dataset in BENCHMARKS:
             lines += BENCHMARKS[dataset].report_details(metrics)

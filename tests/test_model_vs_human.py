@@ -462,14 +462,44 @@ def test_cue_conflict_with_human_data_reports_both(tmp_path):
 
 
 def test_benchmark_means_over_the_seventeen_sets():
-    entries = {'edge': {'ood_accuracy': 50.0, 'human_likeness': {'error_consistency': 0.2,
-                                                                 'observed_consistency': 0.6,
-                                                                 'accuracy_difference': 0.01}},
-               'cue-conflict': {'ood_accuracy': 20.0},
-               'colour': {'ood_accuracy': 80.0, 'human_likeness': {'error_consistency': 0.4,
-                                                                   'observed_consistency': 0.8,
-                                                                   'accuracy_difference': 0.03}}}
+    likeness = {'edge': (0.01, 0.6, 0.2), 'colour': (0.03, 0.8, 0.4)}
+    entries = {name: {'ood_accuracy': value} for name, value in (('edge', 50.0), ('cue-conflict', 20.0),
+                                                                 ('colour', 80.0), ('sketch', None))}
+    for name, values in likeness.items():
+        entries[name]['human_likeness'] = dict(zip(('accuracy_difference', 'observed_consistency',
+                                                    'error_consistency'), values))
+    entries['cue-conflict']['human_likeness'] = {'accuracy_difference': None, 'observed_consistency': None,
+                                                 'error_consistency': None}  # no trial paired with a human's
+    entries['my-own-set'] = {'ood_accuracy': 99.0}  # not one of the 17: never averaged
     result = benchmark_means(entries)
-    assert result['ood_accuracy'] == pytest.approx(0.5) and result['num_sets'] == 3
-    assert result['error_consistency'] == pytest.approx(0.3) and result['accuracy_difference'] == pytest.approx(0.02)
+    # each set weighs the same; percent like the sets' ood_accuracy; sketch has no score and counts as missing
+    assert result['ood_accuracy'] == pytest.approx((50 + 20 + 80) / 3) and result['num_sets'] == 3
+    assert result['sets'] == ['edge', 'cue-conflict', 'colour']  # model-vs-human's order
     assert len(result['missing_sets']) == 14 and 'sketch' in result['missing_sets']
+    humans = result['human_likeness']
+    assert humans['num_sets'] == 2 and humans['sets'] == ['edge', 'colour']
+    assert humans['error_consistency'] == pytest.approx(0.3) and humans['accuracy_difference'] == pytest.approx(0.02)
+    assert humans['observed_consistency'] == pytest.approx(0.7)
+    assert 'human_likeness' not in benchmark_means({'edge': {'ood_accuracy': 50.0}})
+
+
+def test_one_summary_hook_for_the_family_over_the_sets_of_the_run():
+    """The runner asks any set of the family once; the entries come by dataset name (edges, mvh-sketch, ...)."""
+    results = {'imagenet': {'top1': 70.0}, 'edges': {'top1': 40.0, 'ood_accuracy': 40.0},
+               'mvh-sketch': {'top1': 60.0, 'ood_accuracy': 60.0},
+               'uniform-noise': {'top1': 10.0, 'ood_accuracy': 30.0}}
+    keys = {benchmark.suite_summary_key for benchmark in (Edges(), CueConflict(), SKETCH, STYLIZED,
+                                                          *PARAMETRIC_BENCHMARKS)}
+    assert keys == {'model-vs-human'}
+    summary = PARAMETRIC_BENCHMARKS[0].suite_summary(results)
+    assert summary == Edges().suite_summary(results)  # whichever set is asked
+    assert summary['ood_accuracy'] == pytest.approx((40 + 60 + 30) / 3)  # uniform-noise: ood_accuracy, not top1
+    assert summary['sets'] == ['edge', 'uniform-noise', 'sketch'] and summary['num_sets'] == 3
+    assert Edges().suite_summary({'imagenet': {'top1': 70.0}}) is None
+    assert Edges().suite_summary({'edges': {'top1': None, 'ood_accuracy': None}}) is None  # nothing scored
+    lines = '\n'.join(Edges().suite_summary_details(summary))
+    assert '## model-vs-human benchmark means (over 3 of its 17 sets)' in lines
+    assert '| 43.33 | – | – | – |' in lines and 'over edge, uniform-noise, sketch.' in lines
+    assert 'Not in this run: silhouette, cue-conflict, colour' in lines and 'not comparable' in lines
+    complete = benchmark_means({name: {'ood_accuracy': 50.0} for name in MODEL_VS_HUMAN_SETS})
+    assert 'All 17 sets: comparable' in '\n'.join(Edges().suite_summary_details(complete))

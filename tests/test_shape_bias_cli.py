@@ -16,6 +16,7 @@ from robustcnn.benchmarks.model_vs_human import CATEGORIES, CATEGORY_CLASS_INDIC
 from robustcnn.benchmarks.model_vs_human.figure import draw_shape_bias
 from robustcnn.benchmarks.runner import ValidationRequest, find_suite_datasets, infer_dataset, run_validation
 from robustcnn.engine.runtime import init_runtime
+from robustcnn.report import results_to_csv, results_to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # validate.py is a script at the repository root
@@ -231,6 +232,15 @@ def test_parametric_set_per_condition_and_human_likeness(tmp_path: Path, checkpo
     assert '| .1 | 0.1 | 66.67 | yes |' in text and '| .9 | 0.9 | 0.00 | no |' in text
     # the per-dataset table takes the nested human-likeness numbers from the set's summary()
     assert '| uniform-noise | 66.67 | – | – | – | – | – | 6 | 0 | 75.00 | 0.31 | 0.58 | 0.35 |' in text
+    # model-vs-human's means over the one set that ran, saying so
+    summary = payload['summaries']['model-vs-human']
+    assert summary['ood_accuracy'] == pytest.approx(75.0) and summary['sets'] == ['uniform-noise']
+    assert summary['human_likeness'] == {'accuracy_difference': pytest.approx(difference),
+                                         'observed_consistency': pytest.approx(observed),
+                                         'error_consistency': pytest.approx(error_consistency),
+                                         'num_sets': 1, 'sets': ['uniform-noise']}
+    assert '## model-vs-human benchmark means (over 1 of its 17 sets)' in text
+    assert '| 75.00 | 0.306 | 0.583 | 0.350 |' in text and 'scored with --human-data: uniform-noise.' in text
 
 
 def test_human_data_and_label_space_errors_are_one_line(tmp_path: Path, checkpoint: Path,
@@ -277,6 +287,36 @@ def test_suite_finds_the_sets_and_keeps_sketch_and_stylized_apart(tmp_path: Path
     text = results.read_text()
     assert '| cue-conflict |' in text and '| Cue-conflict↑ |' in text and '| Category | model |' in text
     assert (tmp_path / 'suite.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_suite_reports_model_vs_humans_means_over_the_sets_it_ran(tmp_path: Path, checkpoint: Path) -> None:
+    root = tmp_path / 'suite'
+    build_cue_conflict(root)
+    edges = [('oven', 'oven1.png', CODE['oven']), ('boat', 'boat1.png', CODE['knife'])]
+    for category, name, code in edges:
+        write_image(root / 'edges' / category / name, class_color(code))
+    build_uniform_noise(root)
+    build_wnid_tree(root / 'stylized', {3: [3]})  # Stylized-ImageNet: not one of model-vs-human's sets
+    results = tmp_path / 'suite.json'
+    payload = run_validation(request(root, checkpoint, suite=True, results_file=str(results)), init_runtime('cpu'))
+    # each set's OOD accuracy counted here, then their plain mean: cue-conflict: decision = shape category over all
+    # its images (conflict-free ones too); edges: 16-class top-1; uniform-noise: the trials of its kept conditions
+    cue_conflict = np.mean([decision(code) == shape for shape, _, code in CUE_CONFLICT])
+    edge = np.mean([decision(code) == category for category, _, code in edges])
+    noise = np.mean([decision(code) == category for _, condition, category, _, code in NOISE
+                     if condition in ('0.10', '0.35')])
+    assert (cue_conflict, edge, noise) == (pytest.approx(2 / 7), 0.5, 0.75)
+    written = json.loads(results.read_text())
+    assert list(written) == ['model', 'checkpoint', 'results', 'readme_row', 'summaries']
+    summary = written['summaries']['model-vs-human']
+    assert summary['ood_accuracy'] == pytest.approx(100 * (cue_conflict + edge + noise) / 3, abs=1e-4)
+    assert summary['num_sets'] == 3 and summary['sets'] == ['edge', 'cue-conflict', 'uniform-noise']
+    assert len(summary['missing_sets']) == 14 and 'human_likeness' not in summary
+    text = results_to_markdown(payload)
+    assert '## model-vs-human benchmark means (over 3 of its 17 sets)' in text
+    assert f'| {100 * (cue_conflict + edge + noise) / 3:.2f} | – | – | – |' in text
+    assert 'over edge, cue-conflict, uniform-noise.' in text and 'not comparable' in text
+    assert 'model-vs-human' not in results_to_csv(payload)  # one row per dataset
 
 
 def test_shape_bias_figure_draws_points_and_means() -> None:

@@ -1,5 +1,6 @@
 """The synthetic benchmark generator: determinism, the real datasets' layouts, corruption severities, shape as the
-label, texture as a tempting but unreliable cue, and generation that is atomic and cached."""
+label, texture as a tempting but unreliable cue, and generation that is atomic and cached; and the demo's stylized
+pass, scored once against the shape and the texture labels."""
 from __future__ import annotations
 
 import hashlib
@@ -7,9 +8,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from robustcnn.benchmarks import get_benchmark
@@ -239,3 +242,143 @@ def test_generation_reports_progress(tmp_path: Path, monkeypatch, caplog) -> Non
     parts = len(list(synthetic._tasks(TINY)))
     assert len(lines) == parts and lines[-1].startswith(f'synthetic benchmark: {total} of {total} images '
                                                         f'({parts}/{parts} parts)')
+
+
+# ---------------------------------------------------------------------------------------------------- the demo's
+# stylized pass: one model pass, scored against the shape labels and the texture labels
+
+class _OnePassContext:
+    """What SyntheticStylized.score uses of EvaluationContext; predict hands back the test's logits."""
+
+    def __init__(self, logits: torch.Tensor, scored: list[bool]) -> None:
+        self.logits, self.scored, self.passes = logits, scored, 0
+
+    def preprocessing(self, benchmark):
+        return f'{benchmark.name} preprocessing ({benchmark.default_resize_mode})'
+
+    def preprocessing_record(self, preprocessing):
+        return {'record': preprocessing}
+
+    def predict(self, prepared, preprocessing, description, reduce=None):
+        self.passes += 1
+        return SimpleNamespace(outputs=self.logits.clone(), scored=torch.tensor(self.scored),
+                               skipped_files=self.scored.count(False), elapsed_seconds=0.5)
+
+
+def _generated_labels(paths: list[str]) -> tuple[list[int], list[int]]:
+    """Shape and texture class of each stylized file, from the generator's specs (not from the folders)."""
+    shapes, textures = [], []
+    for path in paths:
+        class_name, index = Path(path).stem.rsplit('_', 1)
+        class_index = CLASS_NAMES.index(class_name)
+        spec = stylized_spec(TINY, sample_spec(TINY, 'val', class_index, int(index)), class_index, int(index))
+        shapes.append(class_index)
+        textures.append(CLASS_NAMES.index(TEXTURE_CLASSES[spec.foreground_texture]))
+    return shapes, textures
+
+
+def _expected_numbers(logits: torch.Tensor, targets: list[int], kept: list[int]) -> dict[str, float]:
+    """Top-1, top-5 and mean cross entropy counted here with numpy over the kept rows."""
+    values = logits.double().numpy()
+    top1 = top5 = loss = 0.0
+    for row in kept:
+        order = sorted(range(values.shape[1]), key=lambda k: (-values[row, k], k))
+        top1 += order[0] == targets[row]
+        top5 += targets[row] in order[:5]
+        loss += np.log(np.exp(values[row]).sum()) - values[row, targets[row]]
+    return {'top1': 100 * top1 / len(kept), 'top5': 100 * top5 / len(kept), 'loss': loss / len(kept)}
+
+
+def test_the_demo_scores_its_stylized_images_once_against_shape_and_texture(tiny_root: Path) -> None:
+    from robustcnn.synthetic.stylized import TEXTURE_LABELS_FIELD, SyntheticStylized
+
+    benchmark = SyntheticStylized()
+    prepared = benchmark.prepare(tiny_root / 'stylized', LABELS)
+    shapes, textures = _generated_labels([path for path, _ in prepared.samples])
+    assert [target for _, target in prepared.samples] == shapes and prepared.notes['texture_targets'] == textures
+    assert len(shapes) == 10 and all(shape != texture for shape, texture in zip(shapes, textures))
+    # decided: the shape for images 0-3, the texture for 4-8, neither for 9; logits -|k - decided| (no ties in
+    # top-5); image 2 failed to decode
+    neither = next(k for k in range(10) if k not in (shapes[9], textures[9]))
+    decided = shapes[:4] + textures[4:9] + [neither]
+    logits = -torch.abs(torch.arange(10.0).unsqueeze(0) - torch.tensor(decided, dtype=torch.float32).unsqueeze(1))
+    scored = [row != 2 for row in range(10)]
+    context = _OnePassContext(logits, scored)
+    entry = benchmark.score(context, prepared)
+    by_texture = entry.pop(TEXTURE_LABELS_FIELD)
+    assert context.passes == 1
+    kept = [row for row in range(10) if scored[row]]
+    assert sum(decided[row] == textures[row] for row in kept) == 5  # texture decisions, counted here
+    for numbers, targets, top1 in ((entry, shapes, 300 / 9), (by_texture, textures, 500 / 9)):
+        expected = _expected_numbers(logits, targets, kept)
+        assert expected['top1'] == pytest.approx(top1)
+        assert {name: numbers[name] for name in expected} == pytest.approx(expected)
+        assert (numbers['num_samples'], numbers['skipped_files']) == (9, 1)
+        assert numbers['preprocessing'] == {'record': 'stylized-imagenet preprocessing (none)'}
+    # Stylized-ImageNet's entry, field for field (ClassFolderBenchmark.score's), whatever else the pass gave
+    assert list(entry) == ['top1', 'top5', 'loss', 'num_samples', 'skipped_files', 'preprocessing',
+                           'elapsed_seconds']
+    assert by_texture['same_pass_as'] == 'stylized-imagenet'
+
+
+def test_the_stylized_images_must_pair_with_their_texture_labelled_copies(tiny_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from robustcnn.benchmarks.base import DatasetLayoutError
+    from robustcnn.synthetic.stylized import SyntheticStylized
+
+    for folder in ('stylized', TEXTURE_LABELLED):
+        shutil.copytree(tiny_root / folder, tmp_path / folder)
+    copy = next((tmp_path / TEXTURE_LABELLED).rglob('star_00000.png'))
+    copy.unlink()
+    with pytest.raises(DatasetLayoutError, match=r'do not pair up one to one by file name \(e\.g\. star_00000\.png'):
+        SyntheticStylized().prepare(tmp_path / 'stylized', LABELS)
+    shutil.rmtree(tmp_path / TEXTURE_LABELLED)
+    with pytest.raises(DatasetLayoutError, match='no texture-labelled copy'):
+        SyntheticStylized().prepare(tmp_path / 'stylized', LABELS)
+
+
+def test_the_demo_evaluation_keeps_stylized_imagenets_entry_and_adds_the_texture_one(tiny_root: Path, tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """The demo's evaluation on the generated benchmark, with the colour model of dataset_trees (it decides the
+    class nearest to the code in an image's mean colour: here the last class of the checkpoint's list for every
+    image, so that class is the texture most stylized images wear): the stylized entry is what validate.py's
+    Stylized-ImageNet gives on the same folder, and the decisions are counted here from the pixels."""
+    from collections import Counter
+
+    from dataset_trees import nearest, register_color_model, save_color_checkpoint
+    from robustcnn.benchmarks.runner import ValidationRequest, run_validation
+    from robustcnn.engine.runtime import init_runtime
+    from robustcnn.synthetic import demo
+    from robustcnn.synthetic.demo import TEXTURE_KEY, DemoOptions, _evaluate
+
+    # the corruption tree (750 images) has nothing to do with the stylized pass: left out to keep the test short
+    monkeypatch.setattr(demo, 'DATASETS', tuple(row for row in demo.DATASETS if row[0] != 'imagenet-c'))
+
+    files = sorted(str(path) for path in (tiny_root / 'stylized').rglob('*.png'))
+    shapes, textures = (
+        [CLASS_NAMES[index] for index in labels] for labels in _generated_labels(files))
+    common = Counter(textures).most_common(1)[0][0]
+    class_names = [name for name in CLASS_NAMES if name != common] + [common]
+    model = register_color_model()
+    checkpoint = save_color_checkpoint(tmp_path / 'color.pth', num_classes=10, metadata={
+        'model': model, 'class_names': class_names, 'num_classes': 10})
+    payload = _evaluate(DemoOptions(workers=0, threads=torch.get_num_threads()), tiny_root, checkpoint)  # as is
+    assert list(payload['results']) == ['imagenet', 'stylized-imagenet', 'imagenet-sketch', 'rendition', TEXTURE_KEY]
+    stylized, by_texture = payload['results']['stylized-imagenet'], payload['results'][TEXTURE_KEY]
+    reference = run_validation(ValidationRequest(data_dir=str(tiny_root / 'stylized'), dataset='stylized-imagenet',
+                                                 checkpoint=str(checkpoint), workers=0, log_freq=0),
+                               init_runtime('cpu'))['results']['stylized-imagenet']
+    assert list(stylized) == list(reference) and stylized['preprocessing'] == reference['preprocessing']
+    numbers = ('top1', 'top5', 'loss', 'num_samples', 'skipped_files')
+    assert {name: stylized[name] for name in numbers} == pytest.approx({name: reference[name] for name in numbers})
+    decided = []
+    for path in files:
+        red, green = np.asarray(Image.open(path).convert('RGB'), dtype=np.float64).mean(axis=(0, 1))[:2]
+        decided.append(class_names[nearest(range(10), int(round(red) + 256 * round(round(green) / 64)))])
+    shape_decisions = sum(decision == shape for decision, shape in zip(decided, shapes))
+    texture_decisions = sum(decision == texture for decision, texture in zip(decided, textures))
+    assert texture_decisions >= 2 and texture_decisions != shape_decisions  # the two labels are told apart
+    assert stylized['top1'] == pytest.approx(100 * shape_decisions / len(files))
+    assert by_texture['top1'] == pytest.approx(100 * texture_decisions / len(files))
+    assert by_texture['preprocessing'] == stylized['preprocessing'] and by_texture['num_samples'] == len(files)

@@ -83,6 +83,9 @@ class Benchmark:
     higher_is_better: bool = True
     # The entry's field that stands for the set in one-number tables (README row, figure bars).
     headline_metric: str = 'top1'
+    # Sets of one family with numbers over all of them (model-vs-human's 17-set means) share this key: the runner
+    # asks one of them for :meth:`suite_summary` after every set is scored; None: the set is in no such family.
+    suite_summary_key: str | None = None
 
     def check_exists(self, data_dir: str | os.PathLike) -> Path:
         """Fail with one line if the folder is missing; cheap, done before anything expensive."""
@@ -122,6 +125,18 @@ class Benchmark:
 
     def report_details(self, entry: Mapping[str, Any]) -> list[str]:
         """Markdown lines of a set-specific section of the report (ImageNet-C's corruption table); none here."""
+        return []
+
+    def suite_summary(self, results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+        """The family's entry under ``payload['summaries'][suite_summary_key]``, from every set's entry of the run
+        (``results`` by dataset name), or None when none of the family's sets has a number in it.
+
+        Called once per key, after the last set: a mean over sets must not be taken from a run half done.
+        """
+        return None
+
+    def suite_summary_details(self, summary: Mapping[str, Any]) -> list[str]:
+        """Markdown lines of the report for that summary (which sets it is over, and its numbers); none here."""
         return []
 
     def has_figure_panel(self, entry: Mapping[str, Any]) -> bool:

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ from ..data.loader import default_workers
 from ..engine.runtime import AMP_DTYPES
 from ..report import check_results_path, readme_row, write_figure, write_results
 from . import BENCHMARKS, DEFAULT_DATASET, SUITE_ORDER, get_benchmark
-from .base import ClassFolderBenchmark, DatasetLayoutError, PreparedData, normalized_name
+from .base import Benchmark, ClassFolderBenchmark, DatasetLayoutError, PreparedData, normalized_name
 from .context import EvaluationContext, model_record
 
 __all__ = ['ValidationRequest', 'infer_dataset', 'find_suite_datasets', 'load_eval_model', 'run_validation',
@@ -235,8 +235,13 @@ def _fuse(model: torch.nn.Module) -> torch.nn.Module:
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 
-def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
-    """Evaluate one model on one dataset or a suite; returns the results payload (and writes the files)."""
+def run_validation(request: ValidationRequest, runtime: Any,
+                   benchmarks: Mapping[str, Benchmark] | None = None) -> dict[str, Any]:
+    """Evaluate one model on one dataset or a suite; returns the results payload (and writes the files).
+
+    ``benchmarks``: sets that take the place of the registered ones of the same dataset name for this run (the
+    synthetic demo's stylized set, which also knows each image's texture class); None: the registered sets.
+    """
     if request.results_file:
         try:
             check_results_path(request.results_file)
@@ -264,12 +269,13 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
             name, why = infer_dataset(request.data_dir)
             _logger.info('dataset: %s (%s; pass --dataset to choose)', name, why)
         datasets = {name: Path(request.data_dir)}
+    sets = {name: (benchmarks or {}).get(name) or get_benchmark(name) for name in datasets}
     for name, path in datasets.items():
-        get_benchmark(name).check_exists(path)
+        sets[name].check_exists(path)
     if request.attack is not None:
         from ..adversarial.evaluation import check_attack_request
         check_attack_request(request.attack, list(datasets), runtime.kind, request.decode_on_device)
-        own_metric = [name for name in datasets if type(get_benchmark(name)).score is not ClassFolderBenchmark.score]
+        own_metric = [name for name in datasets if type(sets[name]).score is not ClassFolderBenchmark.score]
         if own_metric:
             raise UsageError(f'--attack measures top-1 under attack on class-folder sets; {", ".join(own_metric)} '
                              f'score(s) a metric of their own; leave them out (with --suite: --datasets)')
@@ -288,7 +294,7 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
 
     # 3. scan the class-folder sets now, so a bad layout fails before the model loads
     try:
-        prepared = _prepare_all(request, datasets, model_label_space)
+        prepared = _prepare_all(request, sets, datasets, model_label_space)
     except ValueError as error:  # label-space problems: the user picked the wrong dataset / class map
         raise UsageError(str(error)) from None
     explicit = model_label_space is not None
@@ -313,31 +319,33 @@ def run_validation(request: ValidationRequest, runtime: Any) -> dict[str, Any]:
     try:
         if request.decode_on_device:  # every set's preprocessing, before the first image is read
             for name in datasets:
-                check_device_preprocessing(context.preprocessing(get_benchmark(name)))
-        return _score_all(context, prepared)
+                check_device_preprocessing(context.preprocessing(sets[name]))
+        return _score_all(context, sets, prepared)
     except ValueError as error:
         if isinstance(error, UsageError):
             raise
         raise UsageError(str(error)) from None
 
 
-def _prepare_all(request: ValidationRequest, datasets: Mapping[str, Path],
+def _prepare_all(request: ValidationRequest, sets: Mapping[str, Benchmark], datasets: Mapping[str, Path],
                  model_label_space: LabelSpace | None) -> dict[str, PreparedData]:
     """Every set scans its files and checks its layout, before the model loads."""
     prepared: dict[str, PreparedData] = {}
     for name, path in datasets.items():
-        benchmark = get_benchmark(name)
+        benchmark = sets[name]
         label_space = model_label_space or benchmark.default_label_space(path) or LabelSpace.imagenet_1k()
         prepared[name] = dataclasses.replace(benchmark.prepare(path, label_space, request), label_space=label_space)
     return prepared
 
 
-def _score_all(context: EvaluationContext, prepared: Mapping[str, PreparedData]) -> dict[str, Any]:
-    """Each set in turn scores itself; the results file is rewritten after every set (a crash keeps what is done)."""
+def _score_all(context: EvaluationContext, sets: Mapping[str, Benchmark],
+               prepared: Mapping[str, PreparedData]) -> dict[str, Any]:
+    """Each set in turn scores itself; the results file is rewritten after every set (a crash keeps what is done),
+    and once more with the summaries of families of sets (:meth:`Benchmark.suite_summary`) when there are any."""
     request, runtime = context.request, context.runtime
     payload: dict[str, Any] = {'model': context.model_name, 'checkpoint': request.checkpoint, 'results': {}}
     for name, data in prepared.items():
-        benchmark = get_benchmark(name)
+        benchmark = sets[name]
         if request.attack is not None:  # any set: robust accuracy under the attack instead of the set's own score
             from ..adversarial.evaluation import run_attack
             preprocessing = context.preprocessing(benchmark)
@@ -351,9 +359,29 @@ def _score_all(context: EvaluationContext, prepared: Mapping[str, PreparedData])
             payload['readme_row'] = readme_row(payload)
         if runtime.is_main and request.results_file:
             write_results(request.results_file, payload)
+    summaries = _suite_summaries(sets.values(), payload['results'])
+    if summaries:
+        payload['summaries'] = summaries
+        if runtime.is_main and request.results_file:
+            write_results(request.results_file, payload)
 
     if runtime.is_main:
         if request.figure:
             write_figure(request.figure, payload)
         _logger.info('README row: %s', readme_row(payload))
     return payload
+
+
+def _suite_summaries(benchmarks: Iterable[Benchmark], results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``{key: summary}`` from one set of each family that ran (the sets of a family share the key and the hook)."""
+    summaries: dict[str, Any] = {}
+    asked: set[str] = set()
+    for benchmark in benchmarks:
+        key = benchmark.suite_summary_key
+        if key is None or key in asked:
+            continue
+        asked.add(key)
+        summary = benchmark.suite_summary(results)
+        if summary is not None:
+            summaries[key] = summary
+    return summaries

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..cli import DefaultsHelpFormatter, OneLineErrorParser, UsageError
-from .benchmark import (CLASS_NAMES, CLASS_TEXTURES, TEXTURE_LABELLED, SyntheticConfig, default_benchmark_dir,
-                        ensure_benchmark)
+from .benchmark import CLASS_NAMES, CLASS_TEXTURES, SyntheticConfig, default_benchmark_dir, ensure_benchmark
 
 __all__ = ['DemoOptions', 'DemoOutcome', 'DATASETS', 'HEADLINES', 'STATE_NAME', 'run_demo', 'build_parser', 'main',
            'training_flags', 'default_model_kwargs', 'headline_values', 'write_demo_figure']
@@ -184,9 +183,14 @@ class _SyntheticNames(logging.Filter):
 
 
 def _evaluate(options: DemoOptions, data_dir: Path, checkpoint: Path) -> dict[str, Any]:
-    """validate.py's suite on the synthetic sets (model loaded once), then the two plain class-folder sets."""
+    """validate.py's suite on the synthetic sets (model loaded once), then the plain class-folder set.
+
+    The stylized images go through the model once, scored against their shapes (the ``stylized-imagenet`` entry)
+    and, from the same predictions, against the textures they wear (:data:`TEXTURE_KEY`): see synthetic/stylized.py.
+    """
     from ..benchmarks.runner import ValidationRequest, run_validation
     from ..engine.runtime import init_runtime
+    from .stylized import TEXTURE_LABELS_FIELD, SyntheticStylized
 
     workers = _loader_workers(options)
     common = dict(checkpoint=str(checkpoint), batch_size=256, workers=workers, log_freq=0)
@@ -196,20 +200,21 @@ def _evaluate(options: DemoOptions, data_dir: Path, checkpoint: Path) -> dict[st
     names = _SyntheticNames()
     # the runner and the set modules that log per set (each set logs its own lines since the sets score themselves)
     loggers = [logging.getLogger(f'robustcnn.benchmarks.{module}') for module in ('runner', 'base', 'imagenet_c')]
+    loggers.append(logging.getLogger('robustcnn.synthetic.stylized'))
     for logger in loggers:
         logger.addFilter(names)
     try:
         with runtime.session():
             payload = run_validation(ValidationRequest(
                 data_dir=str(data_dir), suite=True, suite_datasets=list(suite), dataset_dirs={
-                    name: str(path) for name, path in suite.items()}, **common), runtime)
-            titles = {key: title for key, _, _, title in DATASETS}
-            titles[TEXTURE_KEY] = 'stylized, scored by texture'
-            for key, folder in (('rendition', 'rendition'), (TEXTURE_KEY, TEXTURE_LABELLED)):
-                names.folder_set = titles[key]
-                single = run_validation(ValidationRequest(data_dir=str(data_dir / folder), dataset='folder',
-                                                          **common), runtime)
-                payload['results'][key] = single['results']['folder']
+                    name: str(path) for name, path in suite.items()}, **common), runtime,
+                benchmarks={SyntheticStylized.name: SyntheticStylized()})
+            by_texture = payload['results'][SyntheticStylized.name].pop(TEXTURE_LABELS_FIELD)
+            names.folder_set = next(title for key, _, _, title in DATASETS if key == 'rendition')
+            single = run_validation(ValidationRequest(data_dir=str(data_dir / 'rendition'), dataset='folder',
+                                                      **common), runtime)
+            payload['results']['rendition'] = single['results']['folder']
+            payload['results'][TEXTURE_KEY] = by_texture
     finally:
         for logger in loggers:
             logger.removeFilter(names)
@@ -276,12 +281,13 @@ def demo_markdown(payload: Mapping[str, Any]) -> str:
               'Sets: clean = `val/`; stylized = val shapes wearing another class\'s texture; sketch = outlines; '
               'rendition = flat cartoons; synthetic corruptions = our 64 px re-creation of ImageNet-C\'s 15 '
               'corruptions x 5 severities, applied to val images (`corruption/`; not ImageNet-C itself). The '
-              'stylized images are scored twice: against their shape (the label) and against the class whose '
-              'texture they wear.', '',
+              'stylized images go through the model once; its decisions are scored against their shape (the '
+              'label) and against the class whose texture they wear.', '',
               '---', '',
               'The same numbers as `validate.py` reports them. Each synthetic set is scored as the ImageNet set whose '
               'layout and protocol it copies, so its tables use those names: `imagenet` is the clean synthetic '
-              'val, `imagenet-c` the synthetic corruptions, `folder` rendition and the texture scoring. mCE and '
+              'val, `imagenet-c` the synthetic corruptions, `stylized-texture` the stylized decisions scored '
+              'against the textures (the same predictions as `stylized-imagenet`). mCE and '
               'relative mCE are left out, since they are relative to AlexNet\'s errors on the *real* ImageNet-C, '
               'which exist for the 1000 ImageNet classes only:', '']
     report = results_to_markdown({key: value for key, value in payload.items() if key != 'demo'})

@@ -279,15 +279,26 @@ def benchmark_means(entries: Mapping[str, Mapping[str, Any]],
                     sets: Sequence[str] = DEFAULT_SETS) -> dict[str, Any]:
     """model-vs-human's benchmark numbers from per-set results entries keyed by its set names (``edge``, ...).
 
-    ``ood_accuracy``: the mean over sets of each set's ``ood_accuracy`` (as a fraction, like its README table);
-    the human-likeness metrics: the mean over sets of each set's ``human_likeness`` value. Sets missing from
-    ``entries`` are named in ``missing_sets``; the published numbers need all 17.
+    As ``modelvshuman/plotting/plot.py`` computes them: "OOD accuracy" (``get_mean_over_datasets``) is the plain
+    mean over sets of each set's 16-class accuracy, every set weighing the same whatever its number of images; a
+    set's accuracy pools its trials of the kept conditions (``EXCLUDE_CONDITIONS`` removed) and for cue-conflict
+    counts decisions equal to the shape category over all trials: the sets' ``ood_accuracy``. The human-likeness
+    metrics (``format_benchmark_df``) are the mean over sets of each set's value, itself the mean over its kept
+    conditions and then over the observers (the sets' ``human_likeness``). Its tables average the sets it has data
+    for, all 17 of ``DEFAULT_SETS`` in the published ones; ``sets`` and ``missing_sets`` say which went into these
+    means, so that a mean over fewer sets does not pass for the published number. ``ood_accuracy`` is in percent
+    like the sets' (its tables print the fraction: .559 there is 55.9 here); the human-likeness metrics keep its
+    units. ``human_likeness`` is present only when some set was scored with human data, with the sets it covers.
     """
-    present = [name for name in sets if name in entries]
-    result: dict[str, Any] = {'num_sets': len(present), 'missing_sets': [name for name in sets if name not in entries]}
-    accuracies = [entries[name].get('ood_accuracy') for name in present]
-    result['ood_accuracy'] = _mean(value / 100.0 for value in accuracies if value is not None)
-    for metric in METRIC_NAMES:
-        result[metric] = _mean(value for value in (entries[name].get('human_likeness', {}).get(metric)
-                                                   for name in present) if value is not None)
+    scored = [name for name in sets if name in entries and entries[name].get('ood_accuracy') is not None]
+    result: dict[str, Any] = {
+        'ood_accuracy': _mean(entries[name]['ood_accuracy'] for name in scored), 'num_sets': len(scored),
+        'sets': scored, 'missing_sets': [name for name in sets if name not in scored]}
+    with_humans = [name for name in scored if all(
+        (entries[name].get('human_likeness') or {}).get(metric) is not None for metric in METRIC_NAMES)]
+    if with_humans:
+        result['human_likeness'] = {
+            **{metric: _mean(entries[name]['human_likeness'][metric] for name in with_humans)
+               for metric in METRIC_NAMES},
+            'num_sets': len(with_humans), 'sets': with_humans}
     return result

@@ -20,10 +20,10 @@ from ...data.folder import IMAGE_EXTENSIONS, list_class_folders
 from ...data.label_space import LabelSpace
 from ..base import Benchmark, DatasetLayoutError, PreparedData, format_metric, normalized_name
 from .categories import CATEGORIES, SixteenClassReduce, category_index, check_imagenet_label_space
-from .experiments import MODEL_VS_HUMAN_SETS, PARAMETRIC_SETS, SetSpec
+from .experiments import DEFAULT_SETS, MODEL_VS_HUMAN_SETS, PARAMETRIC_SETS, SetSpec
 from .filenames import canonical_condition, parse_cue_conflict_name, parse_session_name, short_image_name
-from .metrics import (METRIC_NAMES, HumanTrial, Trial, accuracy, decide, human_likeness, human_shape_bias,
-                      per_condition_accuracy, read_human_trials, shape_bias_results)
+from .metrics import (METRIC_NAMES, HumanTrial, Trial, accuracy, benchmark_means, decide, human_likeness,
+                      human_shape_bias, per_condition_accuracy, read_human_trials, shape_bias_results)
 
 if TYPE_CHECKING:
     from ..context import EvaluationContext
@@ -64,6 +64,7 @@ class SixteenClassBenchmark(Benchmark):
 
     default_resize_mode = 'none'
     spec: SetSpec
+    suite_summary_key = 'model-vs-human'
     # Sub-folders of the given folder that hold the stimuli when present (the repositories' folder names).
     image_subfolders: tuple[str, ...] = ()
     # The layout in one phrase, for the error when no image is found.
@@ -135,6 +136,46 @@ class SixteenClassBenchmark(Benchmark):
 
     def summary(self, entry: Mapping[str, Any]) -> dict[str, float | None]:
         return {'top1': entry.get('top1'), **human_summary(entry)}
+
+    def suite_summary(self, results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+        """model-vs-human's benchmark means (:func:`.metrics.benchmark_means`) over this family's sets in the run,
+        one hook for all 17 (every set of this module inherits it); None when none of them has a score."""
+        spec_names = {benchmark.name: benchmark.spec.name for benchmark in SHAPE_AND_HUMAN_BENCHMARKS}
+        means = benchmark_means({spec_names[name]: entry for name, entry in results.items() if name in spec_names})
+        if not means['num_sets']:
+            return None
+        text = (f'OOD accuracy {format_metric(means["ood_accuracy"])} over {means["num_sets"]} of its '
+                f'{len(DEFAULT_SETS)} sets')
+        likeness = means.get('human_likeness')
+        if likeness:
+            text += '; ' + ', '.join(f'{name} {format_metric(likeness[name], 3)}' for name in METRIC_NAMES)
+            text += f' over {likeness["num_sets"]}'
+        _logger.info('model-vs-human: %s', text)
+        return means
+
+    def suite_summary_details(self, summary: Mapping[str, Any]) -> list[str]:
+        """The means as model-vs-human's two benchmark tables give them, and which sets they are over."""
+        from ...report import format_cell
+        likeness = summary.get('human_likeness') or {}
+        total = len(DEFAULT_SETS)
+        notes = [f'OOD accuracy: the mean of the sets\' `ood_accuracy`, each set weighing the same, over '
+                 f'{", ".join(summary.get("sets") or [])}.']
+        if likeness:
+            notes.append(f'Human-likeness (model-vs-human\'s units): the mean of the sets\' values, over the '
+                         f'{likeness.get("num_sets")} set(s) scored with --human-data: '
+                         f'{", ".join(likeness.get("sets") or [])}.')
+        missing = summary.get('missing_sets') or []
+        if missing:
+            notes.append(f'Not in this run: {", ".join(missing)}. model-vs-human\'s published tables average all '
+                         f'{total} sets: these means are over fewer and not comparable with them.')
+        else:
+            notes.append(f'All {total} sets: comparable with model-vs-human\'s published tables.')
+        return ['', f'## model-vs-human benchmark means (over {summary.get("num_sets")} of its {total} sets)', '',
+                '| OOD accuracy (%) | accuracy difference | observed consistency | error consistency |',
+                '|---:|---:|---:|---:|',
+                f'| {format_cell(summary.get("ood_accuracy"))} | '
+                + ' | '.join(format_cell(likeness.get(name), 3) for name in METRIC_NAMES) + ' |',
+                '', ' '.join(notes)]
 
 
 class _CategoryFolderSet(SixteenClassBenchmark):
