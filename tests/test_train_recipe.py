@@ -1,6 +1,7 @@
 """The recipe objects, the data order and the training step, checked in-process on tiny models and data."""
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from pathlib import Path
@@ -20,7 +21,8 @@ from robustcnn.data.loader import EvalBatch
 from robustcnn.data.train_data import SeededSampler, build_train_loader, build_train_transform
 from robustcnn.engine.checkpointing import capture_rng_state, restore_rng_state
 from robustcnn.engine.runtime import Runtime
-from robustcnn.engine.train_loop import NonFiniteLossError, train_one_epoch
+from robustcnn.engine.train_loop import NonFiniteGuard, NonFiniteLossError, OptimizerStep, TrainingSetup, \
+    train_one_epoch
 from robustcnn.engine.trainer import build_recipe
 
 from helpers_train import make_image_folders
@@ -195,8 +197,9 @@ def test_gradient_accumulation_equals_the_large_batch_including_the_epoch_remain
     reference.load_state_dict(model.state_dict())
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    result = train_one_epoch(model, loader, optimizer, torch.nn.CrossEntropyLoss(), CPU, epoch=0,
-                             num_batches=len(loader), accum_steps=2, log_interval=100)
+    setup = TrainingSetup(model, loader, optimizer, torch.nn.CrossEntropyLoss(), CPU, num_batches=len(loader),
+                          accum_steps=2, log_interval=100)
+    result = train_one_epoch(setup, epoch=0)
     assert result.num_updates == 3 and result.num_samples == 20
 
     reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
@@ -218,8 +221,9 @@ def test_a_non_finite_loss_stops_training():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     saved = []
     with pytest.raises(NonFiniteLossError, match='NaN or infinite in epoch 2'):
-        train_one_epoch(model, loader, optimizer, torch.nn.CrossEntropyLoss(), CPU, epoch=2, num_batches=3,
-                        log_interval=100, recovery_interval=1, save_recovery=lambda *a: saved.append(a))
+        train_one_epoch(TrainingSetup(model, loader, optimizer, torch.nn.CrossEntropyLoss(), CPU, num_batches=3,
+                                      log_interval=100, recovery_interval=1),
+                        epoch=2, save_recovery=lambda *a: saved.append(a))
     assert saved == []                                       # nothing was saved after the loss went bad
 
 
@@ -244,11 +248,71 @@ def test_weights_made_non_finite_by_an_update_are_never_saved(poisoned_update, s
     saved = []
     with pytest.raises(NonFiniteLossError, match=f'weights became NaN or infinite in epoch 2 in the update at batch '
                                                  f'{poisoned_update}/3') as error:
-        train_one_epoch(model, loader, OverflowingSGD(model.parameters(), lr=0.1), torch.nn.CrossEntropyLoss(), CPU,
-                        epoch=2, num_batches=3, log_interval=100, recovery_interval=1,
-                        save_recovery=lambda *a: saved.append(a))
+        train_one_epoch(TrainingSetup(model, loader, OverflowingSGD(model.parameters(), lr=0.1),
+                                      torch.nn.CrossEntropyLoss(), CPU, num_batches=3, log_interval=100,
+                                      recovery_interval=1),
+                        epoch=2, save_recovery=lambda *a: saved.append(a))
     assert [entry[0] for entry in saved] == list(range(1, saved_before + 1))  # only weights before the overflow
     assert error.value.batch_index == poisoned_update  # recovery files from this batch on hold the bad weights
+
+
+def test_accumulation_groups_count_from_the_epoch_start_and_the_last_holds_the_remainder():
+    model = torch.nn.Linear(2, 2)
+    setup = TrainingSetup(model, [], torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.CrossEntropyLoss(), CPU,
+                          num_batches=7, accum_steps=3)
+    updates = OptimizerStep(setup, num_updates=0)
+    assert [updates.group_size(index) for index in range(7)] == [3, 3, 3, 3, 3, 3, 1]
+    assert [index for index in range(7) if updates.is_update(index)] == [2, 5, 6]
+    assert setup.updates_per_epoch == 3
+
+
+def test_float16_scaling_clips_the_true_gradients_and_the_schedule_follows_every_update():
+    """With a GradScaler the gradients are unscaled before they are clipped (clipping the scaled ones would clip
+    65536 times too hard), so the update is the unscaled clipped one, bit for bit (the scale is a power of two)."""
+    from timm.scheduler import create_scheduler_v2
+    torch.manual_seed(0)
+    images, targets = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    model = torch.nn.Linear(6, 3)
+    reference = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scheduler, _ = create_scheduler_v2(optimizer, sched='cosine', num_epochs=2, warmup_epochs=0,
+                                       step_on_epochs=False, updates_per_epoch=4)
+    setup = TrainingSetup(model, [], optimizer, torch.nn.CrossEntropyLoss(), CPU, num_batches=4, scheduler=scheduler,
+                          scaler=torch.amp.GradScaler('cpu'), clip_grad=0.1)
+    updates = OptimizerStep(setup, num_updates=4)
+    updates.backward(torch.nn.functional.cross_entropy(model(images), targets), batch_index=0)
+    updates.step()
+
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
+    torch.nn.functional.cross_entropy(reference(images), targets).backward()
+    assert torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.1) > 0.1  # the clipping is in effect
+    reference_optimizer.step()
+    for parameter, expected in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(parameter, expected)
+    assert all(parameter.grad is None for parameter in model.parameters())
+    assert updates.num_updates == 5
+    # cosine over 8 updates from 0.5 to 0, at update 5
+    assert optimizer.param_groups[0]['lr'] == pytest.approx(0.25 * (1 + math.cos(math.pi * 5 / 8)))
+
+
+def test_the_guard_names_the_first_non_finite_loss_and_looks_at_the_weights_before_a_save():
+    weight = torch.nn.Parameter(torch.ones(3))
+    guard = NonFiniteGuard(CPU, [weight], epoch=4, num_batches=10)
+    for index, loss in enumerate([1.0, 2.0, float('inf'), float('nan')]):
+        guard.observe(torch.tensor(loss), index)
+    with pytest.raises(NonFiniteLossError, match='loss became NaN or infinite in epoch 4 at batch 3/10') as error:
+        guard.check()
+    assert error.value.batch_index == 2
+
+    guard = NonFiniteGuard(CPU, [weight], epoch=4, num_batches=10)
+    guard.observe(torch.tensor(0.5), 0)
+    with torch.no_grad():
+        weight[1] = float('nan')
+    guard.check()  # the losses are finite; the weights are looked at only before a save
+    with pytest.raises(NonFiniteLossError, match='weights became NaN or infinite in epoch 4 in the update at batch '
+                                                 '6/10') as error:
+        guard.check(weights_after_batch=5)
+    assert error.value.batch_index == 6  # recovery files from batch 6 on hold these weights
 
 
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
@@ -283,8 +347,9 @@ def test_unreadable_training_images_are_replaced_named_and_counted(tmp_path, cap
     loader.sampler.set_epoch(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
     with caplog.at_level('WARNING'):
-        result = train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1),
-                                 torch.nn.CrossEntropyLoss(), CPU, epoch=0, num_batches=len(loader), log_interval=100)
+        result = train_one_epoch(TrainingSetup(model, loader, torch.optim.SGD(model.parameters(), lr=0.1),
+                                               torch.nn.CrossEntropyLoss(), CPU, num_batches=len(loader),
+                                               log_interval=100), epoch=0)
     assert result.failed_images == 1 and result.num_samples == 16   # batch sizes stay full
     assert 'sea/001.png' in caplog.text
     assert 'epoch 0: 1 unreadable image file(s) were replaced' in caplog.text

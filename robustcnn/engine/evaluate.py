@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..cli import UsageError
 from ..faults import kill_point
-from .runtime import IGNORE_TARGET, runtime_inference_mode
+from .runtime import IGNORE_TARGET, Runtime, runtime_inference_mode
 
 __all__ = ['EvalResult', 'GroupCounts', 'SampleGroups', 'Predictions', 'evaluate', 'predict', 'normalize_on_device',
            'format_duration']
@@ -101,7 +101,7 @@ def normalize_on_device(images: torch.Tensor, mean: torch.Tensor, std: torch.Ten
     return images.div_(255.0).sub_(mean).div_(std)
 
 
-def _batch_logits(model: torch.nn.Module, images: torch.Tensor, runtime: Any, mean: torch.Tensor | None,
+def _batch_logits(model: torch.nn.Module, images: torch.Tensor, runtime: Runtime, mean: torch.Tensor | None,
                   std: torch.Tensor | None, channels_last: bool, amp_dtype: torch.dtype | None) -> torch.Tensor:
     """One batch through the model as :func:`evaluate` and :func:`predict` both score it: to the device,
     normalized there (uint8 from the workers), channels-last if asked, under autocast; float32 logits out."""
@@ -148,11 +148,93 @@ def _forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         raise
 
 
+def _device_normalization(normalization: tuple[Sequence[float], Sequence[float]] | None,
+                          device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(mean, std)`` as ``[1, C, 1, 1]`` float32 tensors on the device for :func:`normalize_on_device`."""
+    if normalization is None:
+        return None, None
+    mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return mean, std
+
+
+class _GroupTally:
+    """:class:`SampleGroups`' per-group counts on the device (rows: top-1 correct, scored, skipped files), summed
+    over the processes every ``sync_every`` steps (only while every process still takes steps: the sum is a
+    collective) and at the end."""
+
+    def __init__(self, sample_groups: SampleGroups, loader: Iterable[Any], runtime: Runtime) -> None:
+        device = runtime.device
+        self.runtime = runtime
+        self.of_sample = torch.as_tensor(sample_groups.of_sample, dtype=torch.long, device=device)
+        self.num_groups = sample_groups.num_groups or (
+            int(self.of_sample.max().item()) + 1 if self.of_sample.numel() else 0)
+        self.on_update, self.sync_every = sample_groups.on_update, sample_groups.sync_every
+        self.sync_limit = _steps_every_process_takes(loader, runtime.world_size) if self.sync_every > 0 else None
+        self.counts = torch.zeros(3, max(self.num_groups, 1), dtype=torch.long, device=device)
+
+    def add_failed(self, failed_indices: Sequence[int] | torch.Tensor) -> None:
+        if len(failed_indices):
+            failed = self.of_sample[torch.as_tensor(failed_indices, dtype=torch.long, device=self.runtime.device)]
+            self.counts[2].index_add_(0, failed, torch.ones_like(failed))
+
+    def add(self, indices: torch.Tensor, top1_hits: torch.Tensor, valid: torch.Tensor) -> None:
+        batch_groups = self.of_sample[indices.to(self.runtime.device, non_blocking=True)]
+        self.counts[0].index_add_(0, batch_groups, top1_hits.long())
+        self.counts[1].index_add_(0, batch_groups, valid.long())
+
+    def summed(self) -> GroupCounts:
+        reduced = self.runtime.all_reduce_sum(self.counts.clone()).cpu()
+        return GroupCounts(correct=reduced[0, :self.num_groups].tolist(), scored=reduced[1, :self.num_groups].tolist(),
+                           skipped=reduced[2, :self.num_groups].tolist())
+
+    def after_step(self, step: int) -> None:
+        if (self.on_update is not None and self.sync_limit is not None and step <= self.sync_limit
+                and step % self.sync_every == 0):
+            self.on_update(self.summed())
+
+    def finish(self) -> GroupCounts:
+        result = self.summed()
+        if self.on_update is not None:
+            self.on_update(result)
+        return result
+
+
+class _EvalProgress:
+    """The main process's progress line every ``log_freq`` steps, and at the first (an early sign of life) and last."""
+
+    def __init__(self, description: str, loader: Iterable[Any], runtime: Runtime, log_freq: int) -> None:
+        self.description = description
+        self.runtime = runtime
+        self.log_freq = log_freq
+        try:
+            self.total_steps = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            self.total_steps = 0
+        self.local_images = 0
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def after_step(self, step: int, counts: torch.Tensor) -> None:
+        total_steps = self.total_steps
+        if not (self.log_freq and self.runtime.is_main and (step % self.log_freq == 0 or step in (1, total_steps))):
+            return
+        elapsed = self.elapsed()
+        rate = self.local_images * self.runtime.world_size / max(elapsed, 1e-9)
+        eta = elapsed / step * (total_steps - step) if total_steps else float('nan')
+        progress = f'{step}/{total_steps}' if total_steps else f'{step}'
+        _logger.info('%s [%s] %.1f images/s, elapsed %s, ETA %s, top1 %.2f (this process)',
+                     self.description, progress, rate, format_duration(elapsed), format_duration(eta),
+                     100.0 * counts[0].item() / max(counts[2].item(), 1))
+
+
 @runtime_inference_mode
 def evaluate(
         model: torch.nn.Module,
         loader: Iterable[Any],
-        runtime: Any,
+        runtime: Runtime,
         *,
         amp_dtype: torch.dtype | None = None,
         channels_last: bool = False,
@@ -175,90 +257,43 @@ def evaluate(
     was_training = model.training
     model.eval()
 
-    subset = None
-    if label_subset is not None:
-        subset = torch.as_tensor(label_subset, dtype=torch.long, device=device)
-    mean = std = None
-    if normalization is not None:
-        mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    groups = None
-    num_groups, on_groups_update, group_sync_every = 0, None, 0
-    if sample_groups is not None:
-        groups = torch.as_tensor(sample_groups.of_sample, dtype=torch.long, device=device)
-        num_groups = sample_groups.num_groups or (int(groups.max().item()) + 1 if groups.numel() else 0)
-        on_groups_update, group_sync_every = sample_groups.on_update, sample_groups.sync_every
+    subset = None if label_subset is None else torch.as_tensor(label_subset, dtype=torch.long, device=device)
+    mean, std = _device_normalization(normalization, device)
+    groups = None if sample_groups is None else _GroupTally(sample_groups, loader, runtime)
     # counts: [top1 correct, top5 correct, scored, failed]; loss kept apart in float64 for exact sums.
     counts = torch.zeros(4, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    group_counts = torch.zeros(3, max(num_groups, 1), dtype=torch.long, device=device)  # correct, scored, skipped
-
-    world_size = getattr(runtime, 'world_size', 1)
-    sync_limit = _steps_every_process_takes(loader, world_size) if group_sync_every > 0 else None
-    try:
-        total_steps = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        total_steps = 0
-    is_main = getattr(runtime, 'is_main', True)
-
-    def summed_groups() -> GroupCounts:
-        reduced = runtime.all_reduce_sum(group_counts.clone()).cpu()
-        return GroupCounts(correct=reduced[0, :num_groups].tolist(), scored=reduced[1, :num_groups].tolist(),
-                           skipped=reduced[2, :num_groups].tolist())
-
-    start = time.perf_counter()
-    local_images = 0
-    step = 0
+    progress = _EvalProgress(description, loader, runtime, log_freq)
     try:
         # XLA pads batches to one shape (padding targets are IGNORE_TARGET) and puts them on the devices
-        batches = runtime.eval_batches(loader) if hasattr(runtime, 'eval_batches') else loader
-        for step, batch in enumerate(batches, start=1):
-            images, targets, indices = batch.images, batch.targets, batch.indices
+        for step, batch in enumerate(runtime.eval_batches(loader), start=1):
             counts[3] += int(batch.num_failed)
-            if groups is not None and len(batch.failed_indices):
-                failed_groups = groups[torch.as_tensor(batch.failed_indices, dtype=torch.long, device=device)]
-                group_counts[2].index_add_(0, failed_groups, torch.ones_like(failed_groups))
-            if images.numel() > 0:
-                targets = targets.to(device, non_blocking=True)
-                output = _batch_logits(model, images, runtime, mean, std, channels_last, amp_dtype)
+            if groups is not None:
+                groups.add_failed(batch.failed_indices)
+            if batch.images.numel() > 0:
+                targets = batch.targets.to(device, non_blocking=True)
+                output = _batch_logits(model, batch.images, runtime, mean, std, channels_last, amp_dtype)
                 if subset is not None:
                     output = output.index_select(1, subset)
                 loss_sum += F.cross_entropy(output, targets, reduction='sum').double()
-                top_k = output.topk(min(5, output.shape[1]), dim=1).indices
-                hits = top_k.eq(targets.unsqueeze(1))
-                top1_hits = hits[:, 0]
-                counts[0] += top1_hits.sum()
+                hits = output.topk(min(5, output.shape[1]), dim=1).indices.eq(targets.unsqueeze(1))
+                counts[0] += hits[:, 0].sum()
                 counts[1] += hits.any(dim=1).sum()
                 valid = targets.ne(IGNORE_TARGET)
                 counts[2] += valid.sum()
-                local_images += targets.shape[0]
+                progress.local_images += targets.shape[0]
                 if groups is not None:
-                    batch_groups = groups[indices.to(device, non_blocking=True)]
-                    group_counts[0].index_add_(0, batch_groups, top1_hits.long())
-                    group_counts[1].index_add_(0, batch_groups, valid.long())
-            if (on_groups_update is not None and sync_limit is not None and step <= sync_limit
-                    and step % group_sync_every == 0):
-                on_groups_update(summed_groups())
-            if log_freq and is_main and (step % log_freq == 0 or step in (1, total_steps)):  # 1: early sign of life
-                elapsed = time.perf_counter() - start
-                rate = local_images * world_size / max(elapsed, 1e-9)
-                eta = elapsed / step * (total_steps - step) if total_steps else float('nan')
-                progress = f'{step}/{total_steps}' if total_steps else f'{step}'
-                _logger.info('%s [%s] %.1f images/s, elapsed %s, ETA %s, top1 %.2f (this process)',
-                             description, progress, rate, format_duration(elapsed), format_duration(eta),
-                             100.0 * counts[0].item() / max(counts[2].item(), 1))
+                    groups.add(batch.indices, hits[:, 0], valid)
+            if groups is not None:
+                groups.after_step(step)
+            progress.after_step(step, counts)
             kill_point('validation-batch')
     finally:
         model.train(was_training)
 
     runtime.all_reduce_sum(counts)
     runtime.all_reduce_sum(loss_sum)
-    group_result = None
-    if groups is not None:
-        group_result = summed_groups()
-        if on_groups_update is not None:
-            on_groups_update(group_result)
-    elapsed = time.perf_counter() - start
+    group_result = None if groups is None else groups.finish()
     top1_correct, top5_correct, scored, failed = counts.cpu().tolist()
     if scored == 0:
         top1 = top5 = loss = float('nan')
@@ -268,14 +303,14 @@ def evaluate(
         _logger.warning('%s: %d file(s) could not be decoded and were skipped (named in the warnings above)',
                         description, failed)
     return EvalResult(top1=top1, top5=top5, loss=loss, num_samples=scored, skipped_files=failed,
-                      elapsed_seconds=elapsed, groups=group_result)
+                      elapsed_seconds=progress.elapsed(), groups=group_result)
 
 
 @runtime_inference_mode
 def predict(
         model: torch.nn.Module,
         loader: Iterable[Any],
-        runtime: Any,
+        runtime: Runtime,
         num_samples: int,
         *,
         amp_dtype: torch.dtype | None = None,
@@ -295,17 +330,13 @@ def predict(
     device = runtime.device
     was_training = model.training
     model.eval()
-    mean = std = None
-    if normalization is not None:
-        mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    mean, std = _device_normalization(normalization, device)
     rows: list[torch.Tensor] = []
     row_indices: list[torch.Tensor] = []
     failed = torch.zeros((), dtype=torch.long, device=device)
     start = time.perf_counter()
     try:
-        batches = runtime.eval_batches(loader) if hasattr(runtime, 'eval_batches') else loader
-        for batch in batches:
+        for batch in runtime.eval_batches(loader):
             failed += int(batch.num_failed)
             if batch.images.numel() == 0:
                 continue

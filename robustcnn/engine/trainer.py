@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import timm
@@ -37,7 +37,11 @@ from ..run_folder import RunFolderClaim, claim_run_folder, set_aside
 from .checkpointing import CheckpointSaver, ResumePoint, check_resume_geometry, find_resume_checkpoint, \
     restore_training_state, training_checkpoint
 from .runtime import AMP_DTYPES, Runtime, init_runtime
-from .train_loop import EpochResult, NonFiniteLossError, train_one_epoch, unwrap_model
+from .train_loop import NonFiniteLossError, TrainingSetup, train_one_epoch, unwrap_model
+
+if TYPE_CHECKING:
+    from ..data.transforms import EvalPreprocessing
+    from .evaluate import EvalResult
 
 __all__ = ['run_training', 'TrainingOutcome', 'SUMMARY_COLUMNS', 'run_folder', 'build_recipe']
 
@@ -177,8 +181,58 @@ def _write_summary(path: Path, rows: list[dict[str, Any]], columns: list[str]) -
     atomic_write_text(buffer.getvalue(), path)
 
 
+@dataclass(frozen=True)
+class RunSetup:
+    """What :meth:`_Trainer.prepare` resolved before the first batch; the epochs, validation and checkpoints read it.
+
+    Frozen: nothing in it is replaced after prepare (the objects themselves, model and optimizer, still train).
+    ``training`` is what :func:`train_one_epoch` works with (the model as trained, torch.compile and DDP wrappers
+    included, with the recipe's optimizer, schedule, loss and mixup); ``plain_model`` is the module under those
+    wrappers, whose weights the checkpoints hold. ``summary_rows`` (main process only) are summary.csv's rows so
+    far, appended every epoch.
+    """
+
+    run_dir: Path
+    class_names: list[str]
+    num_classes: int
+    data_config: dict[str, Any]          # timm's resolved input config (input_size, mean, std, ...)
+    eval_preprocessing: EvalPreprocessing
+    training: TrainingSetup
+    plain_model: torch.nn.Module
+    eval_loader: Any
+    num_epochs: int
+    learning_rate: float                 # the effective one (scaled to the total batch)
+    total_batch_size: int
+    resume: ResumePoint
+    saver: CheckpointSaver
+    summary_rows: list[dict[str, Any]]
+
+
+def _build_adversary(args: argparse.Namespace, runtime: Runtime, data_config: dict[str, Any],
+                     amp_dtype: torch.dtype | None, mixup: Mixup | None) -> Any:
+    """--adv-train: the batches' attacker (robustcnn/adversarial/training.py), or None."""
+    from ..adversarial.spec import adversarial_training_spec
+    spec = adversarial_training_spec(args)
+    if spec is None:
+        return None
+    from ..adversarial.training import AdversarialBatches
+    adversary = AdversarialBatches(spec, data_config['mean'], data_config['std'],
+                                   autocast=lambda: runtime.autocast(amp_dtype))
+    _logger.info('adversarial training: %s', adversary.describe())
+    if mixup is not None:
+        _logger.info('adversarial training with mixup/cutmix on; Bai et al. (2021) train their CNNs '
+                     'adversarially with --mixup 0 --cutmix 0 --reprob 0 (TRAIN.md)')
+    return adversary
+
+
 class _Trainer:
-    """State of one run; methods are the phases of ``run_training``."""
+    """One run: :meth:`prepare` builds its :class:`RunSetup`, :meth:`run` trains the epochs.
+
+    ``tracker`` and ``claim`` live outside the setup: ``run_training`` closes and releases them however far
+    ``prepare`` got.
+    """
+
+    setup: RunSetup
 
     def __init__(self, args: argparse.Namespace, runtime: Runtime) -> None:
         self.args = args
@@ -193,23 +247,21 @@ class _Trainer:
             raise UsageError(f'--torchcompile {args.torchcompile}: not a torch.compile backend; choose from '
                              f'{", ".join(torch._dynamo.list_backends())}')
         # 1. data folders: a bad path is a one-line error before anything expensive
-        self.train_folder = check_split_folder(args.data_dir, args.train_split, '--train-split')
-        self.val_folder = check_split_folder(args.data_dir, args.val_split, '--val-split')
-        self.class_names = resolve_class_names(self.train_folder)
-        self.class_to_index = {name: index for index, name in enumerate(self.class_names)}
-        num_classes = args.num_classes or len(self.class_names)
-        if num_classes < len(self.class_names):
-            raise UsageError(f'--num-classes {num_classes} is smaller than the {len(self.class_names)} class '
-                             f'folders in {self.train_folder}')
-        self.num_classes = num_classes
+        train_folder = check_split_folder(args.data_dir, args.train_split, '--train-split')
+        val_folder = check_split_folder(args.data_dir, args.val_split, '--val-split')
+        class_names = resolve_class_names(train_folder)
+        class_to_index = {name: index for index, name in enumerate(class_names)}
+        num_classes = args.num_classes or len(class_names)
+        if num_classes < len(class_names):
+            raise UsageError(f'--num-classes {num_classes} is smaller than the {len(class_names)} class '
+                             f'folders in {train_folder}')
 
         # 2. run folder and log file (main process only writes): locked, and an older run in it is never overwritten
-        self.run_dir = run_folder(args)
+        run_dir = run_folder(args)
         if runtime.is_main:
-            self.claim = claim_run_folder(self.run_dir, continuing=_continues_in(args, self.run_dir),
-                                          fresh=args.fresh)
-        setup_logging(runtime.is_main, self.run_dir / 'train.log' if runtime.is_main else None)
-        _logger.info('run folder %s; %s', self.run_dir, runtime.describe())
+            self.claim = claim_run_folder(run_dir, continuing=_continues_in(args, run_dir), fresh=args.fresh)
+        setup_logging(runtime.is_main, run_dir / 'train.log' if runtime.is_main else None)
+        _logger.info('run folder %s; %s', run_dir, runtime.describe())
         runtime.configure_threads(args.threads)
         if self.claim is not None and self.claim.previous_run is not None:
             _logger.info('--fresh: moved the previous run to %s', self.claim.previous_run)
@@ -217,7 +269,7 @@ class _Trainer:
         # 3. model (same initial weights on every process: seeded identically)
         torch.manual_seed(args.seed)
         model = build_model(args, num_classes)
-        self.data_config = resolve_data_config(
+        data_config = resolve_data_config(
             {'img_size': args.img_size, 'input_size': args.input_size, 'crop_pct': args.crop_pct,
              'mean': args.mean, 'std': args.std, 'interpolation': args.interpolation}, model=model)
         if args.grad_checkpointing:
@@ -229,58 +281,101 @@ class _Trainer:
             model = runtime.configure_batchnorm(model, sync_bn=args.sync_bn)
         except ValueError as error:
             raise UsageError(str(error)) from None
-        self.model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
         _logger.info('model %s: %.2f M parameters, %d classes, input %s', args.model,
-                     sum(p.numel() for p in model.parameters()) / 1e6, num_classes, self.data_config['input_size'])
+                     sum(p.numel() for p in model.parameters()) / 1e6, num_classes, data_config['input_size'])
 
         # 4. data
         from ..data.transforms import build_eval_transform, resolve_eval_preprocessing
-        self.pin_memory = args.pin_mem and runtime.kind == 'cuda'  # GPU recipes' --pin-mem: only a warning elsewhere
-        self.train_loader = build_train_loader(
-            args, self.train_folder, self.class_to_index, build_train_transform(args, self.data_config),
-            num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=self.pin_memory,
+        pin_memory = args.pin_mem and runtime.kind == 'cuda'  # GPU recipes' --pin-mem: only a warning elsewhere
+        train_loader = build_train_loader(
+            args, train_folder, class_to_index, build_train_transform(args, data_config),
+            num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=pin_memory,
             batch_size=runtime.process_batch_size(args.batch_size),
             workers=runtime.loader_workers(runtime.process_batch_size(args.workers)))  # per device, like -b
-        self.eval_preprocessing = resolve_eval_preprocessing(
+        eval_preprocessing = resolve_eval_preprocessing(
             model, 'resize_center_crop', img_size=args.img_size, input_size=args.input_size, crop_pct=args.crop_pct,
             interpolation=args.interpolation, mean=args.mean, std=args.std)
         try:
-            val_samples = scan_class_folders(self.val_folder, self.class_to_index)
+            val_samples = scan_class_folders(val_folder, class_to_index)
         except ValueError as error:  # a validation folder that is not a training class
             raise UsageError(str(error).replace('pass --class-map with the model\'s class list',
                                                 'validation classes must be training classes')) from None
         if not val_samples:
-            raise UsageError(f'{self.val_folder} holds no image files in its class folders')
-        self.eval_loader = build_eval_loader(
-            ClassFolderDataset(val_samples, build_eval_transform(self.eval_preprocessing), on_decode_error='skip'),
+            raise UsageError(f'{val_folder} holds no image files in its class folders')
+        eval_loader = build_eval_loader(
+            ClassFolderDataset(val_samples, build_eval_transform(eval_preprocessing), on_decode_error='skip'),
             runtime.process_batch_size(args.validation_batch_size or args.batch_size),
-            runtime.loader_workers(args.workers), runtime, pin_memory=self.pin_memory)
-        self.num_batches = self.train_loader.sampler.full_length() // self.train_loader.batch_size
-        self.updates_per_epoch = math.ceil(self.num_batches / args.grad_accum_steps)
+            runtime.loader_workers(args.workers), runtime, pin_memory=pin_memory)
+        num_batches = train_loader.sampler.full_length() // train_loader.batch_size
+        updates_per_epoch = math.ceil(num_batches / args.grad_accum_steps)
 
         # 5. recipe
-        self.recipe = build_recipe(args, model, num_classes, runtime.data_parallel_size, self.updates_per_epoch)
-        self.amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
+        recipe = build_recipe(args, model, num_classes, runtime.data_parallel_size, updates_per_epoch)
+        amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
         try:
-            runtime.check_amp_dtype(self.amp_dtype)
+            runtime.check_amp_dtype(amp_dtype)
         except ValueError as error:
             raise UsageError(str(error)) from None
-        self.scaler = torch.amp.GradScaler(runtime.kind) if self.amp_dtype == torch.float16 else None
-        self.adversary = self._build_adversary()
+        scaler = torch.amp.GradScaler(runtime.kind) if amp_dtype == torch.float16 else None
+        adversary = _build_adversary(args, runtime, data_config, amp_dtype, recipe.mixup)
         _logger.info('recipe: %s lr %.3e (total batch %d = %d x %d devices x %d accumulation steps), '
                      '%s schedule over %d epochs, %d batches and %d updates per epoch',
-                     args.opt, self.recipe.learning_rate, self.recipe.total_batch_size, args.batch_size,
-                     runtime.data_parallel_size, args.grad_accum_steps, args.sched, self.recipe.num_epochs,
-                     self.num_batches, self.updates_per_epoch)
+                     args.opt, recipe.learning_rate, recipe.total_batch_size, args.batch_size,
+                     runtime.data_parallel_size, args.grad_accum_steps, args.sched, recipe.num_epochs,
+                     num_batches, updates_per_epoch)
 
         # 6. resume
-        self.resume = ResumePoint()
+        resume, resumed, fell_back = self._resume(run_dir, model, class_names, recipe, scaler, model_ema)
+        # the schedule is a pure function of (epoch, updates): put the lr where the run continues
+        recipe.scheduler.step(resume.epoch)
+        recipe.scheduler.step_update(resume.num_updates)
+
+        # 7. wrappers: compile, then DDP
+        plain_model = model
+        if args.torchcompile:
+            model = torch.compile(model, backend=args.torchcompile)
+        if runtime.distributed:
+            device_ids = [runtime.local_rank] if runtime.kind == 'cuda' else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+        saver = CheckpointSaver(run_dir, metric_name=args.eval_metric, checkpoint_interval=args.checkpoint_interval,
+                                max_history=args.checkpoint_hist)
+        saver.best_metric, saver.best_epoch = resume.best_metric, resume.best_epoch
+        saver.prune_history = not fell_back
+        summary_rows: list[dict[str, Any]] = []
+        if runtime.is_main:
+            for path in saver.remove_stale_temp_files():
+                _logger.info('removed %s, left by an interrupted write', path.name)
+            atomic_write_text(args_to_yaml(args), run_dir / 'args.yaml')
+            summary_rows = _read_summary_rows(run_dir / 'summary.csv', resume.epoch)
+        # steps are updates: a resumed run keeps the points up to its checkpoint's and replaces the ones after it
+        self.tracker = build_tracker(args, run_dir, is_main=runtime.is_main, config=vars(args),
+                                     purge_step=resume.num_updates + 1 if resumed else 0, resume=resumed,
+                                     default_name=run_dir.name)
+        training = TrainingSetup(
+            model=model, train_loader=train_loader, optimizer=recipe.optimizer, loss_fn=recipe.loss_fn,
+            runtime=runtime, num_batches=num_batches, scheduler=recipe.scheduler, mixup=recipe.mixup, scaler=scaler,
+            model_ema=model_ema, adversary=adversary, amp_dtype=amp_dtype, accum_steps=args.grad_accum_steps,
+            clip_grad=args.clip_grad, clip_mode=args.clip_mode, channels_last=args.channels_last, seed=args.seed,
+            log_interval=args.log_interval, recovery_interval=args.recovery_interval)
+        self.setup = RunSetup(
+            run_dir=run_dir, class_names=class_names, num_classes=num_classes, data_config=data_config,
+            eval_preprocessing=eval_preprocessing, training=training, plain_model=plain_model,
+            eval_loader=eval_loader, num_epochs=recipe.num_epochs, learning_rate=recipe.learning_rate,
+            total_batch_size=recipe.total_batch_size, resume=resume, saver=saver, summary_rows=summary_rows)
+
+    def _resume(self, run_dir: Path, model: torch.nn.Module, class_names: list[str], recipe: Recipe,
+                scaler: torch.amp.GradScaler | None, model_ema: ModelEmaV3 | None) -> tuple[ResumePoint, bool, bool]:
+        """Restore --resume's checkpoint into the run's objects; returns where the run continues, whether it
+        resumed, and whether --resume auto fell back past damaged files (then no checkpoint-N is pruned)."""
+        args, runtime = self.args, self.runtime
         checkpoint, source = None, ''
         fell_back = False
         if args.resume == 'auto':
-            found = find_resume_checkpoint(self.run_dir)
+            found = find_resume_checkpoint(run_dir)
             if found is None:
-                _logger.info('--resume auto: no checkpoint in %s yet, starting a fresh run', self.run_dir)
+                _logger.info('--resume auto: no checkpoint in %s yet, starting a fresh run', run_dir)
             else:
                 source, checkpoint = str(found.path), found.checkpoint
                 _logger.info('--resume auto: continuing from %s, the newest checkpoint that verifies', found.path.name)
@@ -294,90 +389,49 @@ class _Trainer:
                                     'run')
         elif args.resume:
             source, checkpoint = args.resume, load_checkpoint_file(args.resume)
-        resumed = checkpoint is not None
-        if checkpoint is not None:
-            check_resume_geometry(checkpoint, args, source)
-            self.resume = restore_training_state(
-                checkpoint, source, model, model_name=args.model, class_names=self.class_names,
-                optimizer=self.recipe.optimizer, scheduler=self.recipe.scheduler, scaler=self.scaler,
-                model_ema=self.model_ema, restore_optimizer=not args.no_resume_opt)
-            _logger.info('resumed from %s: epoch %d, batch %d, %d updates done', source, self.resume.epoch,
-                         self.resume.batch_in_epoch, self.resume.num_updates)
-            del checkpoint
-        # the schedule is a pure function of (epoch, updates): put the lr where the run continues
-        self.recipe.scheduler.step(self.resume.epoch)
-        self.recipe.scheduler.step_update(self.resume.num_updates)
-
-        # 7. wrappers: compile, then DDP
-        self.plain_model = model
-        if args.torchcompile:
-            model = torch.compile(model, backend=args.torchcompile)
-        if runtime.distributed:
-            device_ids = [runtime.local_rank] if runtime.kind == 'cuda' else None
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-        self.model = model
-
-        self.saver = CheckpointSaver(self.run_dir, metric_name=args.eval_metric,
-                                     checkpoint_interval=args.checkpoint_interval, max_history=args.checkpoint_hist)
-        self.saver.best_metric, self.saver.best_epoch = self.resume.best_metric, self.resume.best_epoch
-        self.saver.prune_history = not fell_back
-        self.summary_columns = SUMMARY_COLUMNS + (EMA_COLUMNS if self.model_ema is not None else [])
-        self.summary_rows: list[dict[str, Any]] = []
-        if runtime.is_main:
-            for path in self.saver.remove_stale_temp_files():
-                _logger.info('removed %s, left by an interrupted write', path.name)
-            atomic_write_text(args_to_yaml(args), self.run_dir / 'args.yaml')
-            self.summary_rows = _read_summary_rows(self.run_dir / 'summary.csv', self.resume.epoch)
-        # steps are updates: a resumed run keeps the points up to its checkpoint's and replaces the ones after it
-        self.tracker = build_tracker(args, self.run_dir, is_main=runtime.is_main, config=vars(args),
-                                     purge_step=self.resume.num_updates + 1 if resumed else 0, resume=resumed,
-                                     default_name=self.run_dir.name)
-
-    def _build_adversary(self) -> Any:
-        """--adv-train: the batches' attacker (robustcnn/adversarial/training.py), or None."""
-        from ..adversarial.spec import adversarial_training_spec
-        spec = adversarial_training_spec(self.args)
-        if spec is None:
-            return None
-        from ..adversarial.training import AdversarialBatches
-        adversary = AdversarialBatches(spec, self.data_config['mean'], self.data_config['std'],
-                                       autocast=lambda: self.runtime.autocast(self.amp_dtype))
-        _logger.info('adversarial training: %s', adversary.describe())
-        if self.recipe.mixup is not None:
-            _logger.info('adversarial training with mixup/cutmix on; Bai et al. (2021) train their CNNs '
-                         'adversarially with --mixup 0 --cutmix 0 --reprob 0 (TRAIN.md)')
-        return adversary
+        if checkpoint is None:
+            return ResumePoint(), False, fell_back
+        check_resume_geometry(checkpoint, args, source)
+        resume = restore_training_state(
+            checkpoint, source, model, model_name=args.model, class_names=class_names,
+            optimizer=recipe.optimizer, scheduler=recipe.scheduler, scaler=scaler,
+            model_ema=model_ema, restore_optimizer=not args.no_resume_opt)
+        _logger.info('resumed from %s: epoch %d, batch %d, %d updates done', source, resume.epoch,
+                     resume.batch_in_epoch, resume.num_updates)
+        return resume, True, fell_back
 
     def metadata(self) -> CheckpointMetadata:
         """What validate.py needs to use the weights without the training command: labels and preprocessing."""
-        config = self.data_config
+        setup = self.setup
+        config, preprocessing = setup.data_config, setup.eval_preprocessing
         return CheckpointMetadata(
             version=__version__,
             model=self.args.model,
             model_kwargs=dict(self.args.model_kwargs or {}),
-            class_names=tuple(self.class_names),
-            num_classes=self.num_classes,
+            class_names=tuple(setup.class_names),
+            num_classes=setup.num_classes,
             img_size=int(config['input_size'][-1]),
             input_size=tuple(int(value) for value in config['input_size']),
-            interpolation=self.eval_preprocessing.interpolation,
-            crop_pct=float(self.eval_preprocessing.crop_pct),
-            mean=tuple(float(value) for value in self.eval_preprocessing.mean),
-            std=tuple(float(value) for value in self.eval_preprocessing.std),
-            total_batch_size=self.recipe.total_batch_size,
-            learning_rate=self.recipe.learning_rate,
+            interpolation=preprocessing.interpolation,
+            crop_pct=float(preprocessing.crop_pct),
+            mean=tuple(float(value) for value in preprocessing.mean),
+            std=tuple(float(value) for value in preprocessing.std),
+            total_batch_size=setup.total_batch_size,
+            learning_rate=setup.learning_rate,
             world_size=self.runtime.data_parallel_size,
         )
 
     def checkpoint(self, epoch: int, num_updates: int, epoch_complete: bool, batch_in_epoch: int,
                    metrics: dict[str, float] | None = None, epoch_totals: dict[str, float] | None = None,
                    ) -> dict[str, Any]:
+        training = self.setup.training
         checkpoint = training_checkpoint(
-            self.plain_model, self.recipe.optimizer, self.recipe.scheduler, self.args, self.metadata(), epoch=epoch,
+            self.setup.plain_model, training.optimizer, training.scheduler, self.args, self.metadata(), epoch=epoch,
             epoch_complete=epoch_complete, batch_in_epoch=batch_in_epoch, num_updates=num_updates,
-            model_ema=self.model_ema, scaler=self.scaler, metrics=metrics, epoch_totals=epoch_totals)
+            model_ema=training.model_ema, scaler=training.scaler, metrics=metrics, epoch_totals=epoch_totals)
         return self.runtime.host_state(checkpoint)
 
-    def validate(self, model: torch.nn.Module, description: str) -> Any:
+    def validate(self, model: torch.nn.Module, description: str) -> EvalResult:
         """Evaluate the unwrapped model with process 0's buffers, i.e. exactly the weights the checkpoint holds.
 
         BatchNorm running statistics drift apart between processes (each updates them from its own last batch);
@@ -391,55 +445,46 @@ class _Trainer:
             import torch.distributed as dist
             for buffer in unwrap_model(model).buffers():
                 dist.broadcast(buffer, src=0)
-        return evaluate(model, self.eval_loader, self.runtime, amp_dtype=self.amp_dtype,
-                        channels_last=self.args.channels_last,
-                        normalization=(self.eval_preprocessing.mean, self.eval_preprocessing.std),
+        preprocessing = self.setup.eval_preprocessing
+        return evaluate(model, self.setup.eval_loader, self.runtime, amp_dtype=self.setup.training.amp_dtype,
+                        channels_last=self.args.channels_last, normalization=(preprocessing.mean, preprocessing.std),
                         description=description)
 
-    def _train_epoch(self, epoch: int, start_batch: int, num_updates: int, save_recovery: Any,
-                     carried: dict[str, float] | None) -> EpochResult:
-        args, recipe = self.args, self.recipe
-        return train_one_epoch(
-            self.model, self.train_loader, recipe.optimizer, recipe.loss_fn, self.runtime,
-            epoch=epoch, num_batches=self.num_batches, start_batch=start_batch, num_updates=num_updates,
-            accum_steps=args.grad_accum_steps, seed=args.seed, scheduler=recipe.scheduler, mixup=recipe.mixup,
-            scaler=self.scaler, model_ema=self.model_ema, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-            amp_dtype=self.amp_dtype, channels_last=args.channels_last, log_interval=args.log_interval,
-            recovery_interval=args.recovery_interval, save_recovery=save_recovery, carried=carried,
-            tracker=self.tracker, adversary=self.adversary)
-
     def run(self) -> TrainingOutcome:
-        args, runtime, recipe = self.args, self.runtime, self.recipe
-        outcome = TrainingOutcome(run_dir=self.run_dir)
-        sampler = self.train_loader.sampler
-        num_updates = self.resume.num_updates
-        start_batch = self.resume.batch_in_epoch
-        for epoch in range(self.resume.epoch, recipe.num_epochs):
+        args, runtime, setup = self.args, self.runtime, self.setup
+        training, saver = setup.training, setup.saver
+        outcome = TrainingOutcome(run_dir=setup.run_dir)
+        summary_columns = SUMMARY_COLUMNS + (EMA_COLUMNS if training.model_ema is not None else [])
+        sampler = training.train_loader.sampler
+        num_updates = setup.resume.num_updates
+        start_batch = setup.resume.batch_in_epoch
+        for epoch in range(setup.resume.epoch, setup.num_epochs):
             sampler.set_epoch(epoch)
             if start_batch:
-                sampler.set_start(start_batch, self.train_loader.batch_size)
-            if recipe.mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-                recipe.mixup.mixup_enabled = False
+                sampler.set_start(start_batch, training.train_loader.batch_size)
+            if training.mixup is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+                training.mixup.mixup_enabled = False
 
             def save_recovery(batch_in_epoch: int, updates: int, totals: dict[str, float], epoch: int = epoch) -> None:
                 runtime.step_done()
                 if runtime.is_main:
                     checkpoint = self.checkpoint(epoch, updates, False, batch_in_epoch, epoch_totals=totals)
-                    path = self.saver.save_recovery(checkpoint, epoch, batch_in_epoch)
+                    path = saver.save_recovery(checkpoint, epoch, batch_in_epoch)
                     _logger.info('saved recovery checkpoint %s', path.name)
 
             try:
-                carried = self.resume.epoch_totals if start_batch else None
-                result = self._train_epoch(epoch, start_batch, num_updates, save_recovery, carried)
+                result = train_one_epoch(
+                    training, epoch, start_batch=start_batch, num_updates=num_updates,
+                    carried=setup.resume.epoch_totals if start_batch else None, tracker=self.tracker,
+                    save_recovery=save_recovery)
             except NonFiniteLossError as error:
                 if runtime.is_main:
-                    for path in self.saver.remove_recovery_from(error.epoch, error.batch_index):
+                    for path in saver.remove_recovery_from(error.epoch, error.batch_index):
                         _logger.warning('removed %s: its weights gave the non-finite loss', path.name)
                 raise
             num_updates, start_batch = result.num_updates, 0
 
-
-            evaluation = self.validate(self.model, f'eval epoch {epoch}')
+            evaluation = self.validate(training.model, f'eval epoch {epoch}')
             row: dict[str, Any] = {
                 'epoch': epoch, 'train_loss': f'{result.loss:.6f}', 'eval_loss': f'{evaluation.loss:.6f}',
                 'eval_top1': f'{evaluation.top1:.4f}', 'eval_top5': f'{evaluation.top5:.4f}',
@@ -451,8 +496,8 @@ class _Trainer:
             message = (f'epoch {epoch}: train loss {result.loss:.4f}, eval loss {evaluation.loss:.4f}, '
                        f'top1 {evaluation.top1:.2f}, top5 {evaluation.top5:.2f} ({evaluation.num_samples} images), '
                        f'{result.seconds:.1f}s, {result.images_per_second:.1f} img/s')
-            if self.model_ema is not None:
-                ema_evaluation = self.validate(self.model_ema.module, f'eval EMA epoch {epoch}')
+            if training.model_ema is not None:
+                ema_evaluation = self.validate(training.model_ema.module, f'eval EMA epoch {epoch}')
                 row.update({'ema_eval_loss': f'{ema_evaluation.loss:.6f}',
                             'ema_eval_top1': f'{ema_evaluation.top1:.4f}',
                             'ema_eval_top5': f'{ema_evaluation.top5:.4f}'})
@@ -461,25 +506,25 @@ class _Trainer:
                 message += f'; EMA top1 {ema_evaluation.top1:.2f}'
             _logger.info(message)
             # per-epoch schedules move to the next epoch (plateau looks at the metric)
-            recipe.scheduler.step(epoch + 1, metrics[args.eval_metric])
+            training.scheduler.step(epoch + 1, metrics[args.eval_metric])
 
             metric = metrics[args.eval_metric]  # logged before the checkpoint: a resume from it keeps these points
             self.tracker.log_scalars({
                 'epoch/epoch': epoch, 'epoch/train_loss': result.loss, 'epoch/lr': result.lr,
                 **{f'epoch/eval_{name}': value for name, value in metrics.items() if name != 'num_samples'},
-                f'epoch/best_{args.eval_metric}': metric if self.saver.is_better(metric) else self.saver.best_metric,
+                f'epoch/best_{args.eval_metric}': metric if saver.is_better(metric) else saver.best_metric,
             }, step=num_updates)
             runtime.step_done()  # XLA: every host finishes the pending graph before the main one reads weights
             if runtime.is_main:
-                self.summary_rows.append(row)
-                _write_summary(self.run_dir / 'summary.csv', self.summary_rows, self.summary_columns)
-                checkpoint = self.checkpoint(epoch, num_updates, True, self.num_batches, metrics)
-                if self.saver.save_epoch(checkpoint, epoch, metrics[args.eval_metric]):
+                setup.summary_rows.append(row)
+                _write_summary(setup.run_dir / 'summary.csv', setup.summary_rows, summary_columns)
+                checkpoint = self.checkpoint(epoch, num_updates, True, training.num_batches, metrics)
+                if saver.save_epoch(checkpoint, epoch, metrics[args.eval_metric]):
                     _logger.info('new best %s %.4f at epoch %d', args.eval_metric, metrics[args.eval_metric], epoch)
             runtime.barrier()
             outcome.epochs_run += 1
             outcome.last_eval = metrics
-        outcome.best_metric, outcome.best_epoch = self.saver.best_metric, self.saver.best_epoch
+        outcome.best_metric, outcome.best_epoch = saver.best_metric, saver.best_epoch
         if outcome.best_metric is not None:
             _logger.info('best %s %.4f at epoch %s', args.eval_metric, outcome.best_metric, outcome.best_epoch)
         return outcome

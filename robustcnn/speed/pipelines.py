@@ -138,7 +138,7 @@ def time_train_loop_overhead(model_name: str = 'robust_resnet_dw_nano', batch_si
     import timm
 
     from ..engine.runtime import init_runtime
-    from ..engine.train_loop import train_one_epoch
+    from ..engine.train_loop import TrainingSetup, train_one_epoch
 
     torch.manual_seed(seed)
     runtime = init_runtime('cpu')
@@ -152,8 +152,8 @@ def time_train_loop_overhead(model_name: str = 'robust_resnet_dw_nano', batch_si
         model = copy.deepcopy(template)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         start = clock()
-        train_one_epoch(model, batches, optimizer, F.cross_entropy, runtime, epoch=0, num_batches=steps,
-                        log_interval=max(1, steps // 2))
+        train_one_epoch(TrainingSetup(model, batches, optimizer, F.cross_entropy, runtime, num_batches=steps,
+                                      log_interval=max(1, steps // 2)), epoch=0)
         return (clock() - start) / steps
 
     def bare() -> float:

@@ -10,6 +10,7 @@ tiny (32 px, the smallest model, a few dozen images) because every new graph cos
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -167,6 +168,7 @@ def test_no_recompilation_after_warm_up(workspace: dict[str, Path], tmp_path: Pa
     assert not os.environ.get('XLA_PERSISTENT_CACHE_PATH'), 'the compile count would miss cached graphs'
     from robustcnn.config import parse_train_args
     from robustcnn.engine.runtime import init_runtime, xla_compile_count
+    from robustcnn.engine.train_loop import train_one_epoch
     from robustcnn.engine.trainer import _Trainer
 
     runtime = init_runtime('xla')
@@ -176,32 +178,35 @@ def test_no_recompilation_after_warm_up(workspace: dict[str, Path], tmp_path: Pa
                              '--output', str(tmp_path), '--experiment', 'compile', '--device', 'xla'])
     trainer = _Trainer(args, runtime)
     trainer.prepare()
-    train_loader = trainer.train_loader
+    training = trainer.setup.training
     epochs = []
     for epoch in range(3):
-        train_loader.sampler.set_epoch(epoch)
-        trainer.train_loader = counting = _CountingLoader(train_loader)
-        trainer._train_epoch(epoch, 0, epoch * trainer.updates_per_epoch, None, None)
+        training.train_loader.sampler.set_epoch(epoch)
+        counting = _CountingLoader(training.train_loader)
+        train_one_epoch(dataclasses.replace(training, train_loader=counting), epoch,
+                        num_updates=epoch * training.updates_per_epoch)
         epochs.append(counting.counts)
-    assert len(epochs[0]) == trainer.num_batches + 1 == 9
+    assert len(epochs[0]) == training.num_batches + 1 == 9
     # warm-up: new graphs only in the first steps of the first epochs, none at all in the third
     assert epochs[0][3:] == [epochs[0][3]] * (len(epochs[0]) - 3), epochs
     assert epochs[1][2:] == [epochs[1][2]] * (len(epochs[1]) - 2), epochs
     assert epochs[2] == [epochs[1][-1]] * len(epochs[2]), epochs
 
-    eval_loader = trainer.eval_loader
+    setup = trainer.setup
+    eval_loader = setup.eval_loader
     assert len(eval_loader) == 5 and len(eval_loader.dataset) == 20
     passes = []
     for _ in range(2):
-        trainer.eval_loader = counting = _CountingLoader(eval_loader)
-        result = trainer.validate(trainer.model, 'eval')
+        counting = _CountingLoader(eval_loader)
+        trainer.setup = dataclasses.replace(setup, eval_loader=counting)
+        result = trainer.validate(training.model, 'eval')
         passes.append(counting.counts)
         assert result.num_samples == 20
     # the first batch compiles the step; the padded last batch and the second pass compile nothing
     assert passes[0][1:] == [passes[0][1]] * (len(passes[0]) - 1), passes
     assert passes[1] == [passes[0][-1]] * len(passes[1]) or max(passes[1]) - min(passes[1]) == 0, passes
     before = xla_compile_count()
-    trainer.validate(trainer.model, 'eval')
+    trainer.validate(training.model, 'eval')
     assert xla_compile_count() == before
 
 
