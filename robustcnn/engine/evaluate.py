@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..cli import UsageError
 from ..faults import kill_point
+from ..interrupts import until_interrupted
 from .runtime import IGNORE_TARGET, runtime_inference_mode
 
 __all__ = ['EvalResult', 'GroupCounts', 'SampleGroups', 'Predictions', 'evaluate', 'predict', 'normalize_on_device',
@@ -212,7 +213,7 @@ def evaluate(
     try:
         # XLA pads batches to one shape (padding targets are IGNORE_TARGET) and puts them on the devices
         batches = runtime.eval_batches(loader) if hasattr(runtime, 'eval_batches') else loader
-        for step, batch in enumerate(batches, start=1):
+        for step, batch in enumerate(until_interrupted(batches), start=1):
             images, targets, indices = batch.images, batch.targets, batch.indices
             counts[3] += int(batch.num_failed)
             if groups is not None and len(batch.failed_indices):
@@ -305,7 +306,7 @@ def predict(
     start = time.perf_counter()
     try:
         batches = runtime.eval_batches(loader) if hasattr(runtime, 'eval_batches') else loader
-        for batch in batches:
+        for batch in until_interrupted(batches):
             failed += int(batch.num_failed)
             if batch.images.numel() == 0:
                 continue

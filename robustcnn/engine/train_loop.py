@@ -20,6 +20,7 @@ import torch
 from timm.utils import dispatch_clip_grad
 
 from ..faults import kill_after_update
+from ..interrupts import until_interrupted
 from .runtime import Runtime
 
 __all__ = ['NonFiniteLossError', 'EpochResult', 'seed_step', 'unwrap_model', 'train_one_epoch', 'format_duration']
@@ -167,7 +168,7 @@ def train_one_epoch(
     runtime.step_done()  # XLA: the fresh accumulators become device data, so the first step compiles like the rest
     batch_index = start_batch - 1
     wait_start = time.perf_counter()
-    for batch_index, batch in enumerate(loader, start=start_batch):
+    for batch_index, batch in enumerate(until_interrupted(loader), start=start_batch):
         data_seconds += time.perf_counter() - wait_start
         failed_images += batch.num_failed
         runtime.seed_device(seed_step(seed, epoch, batch_index, runtime.rank))
