@@ -9,13 +9,13 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import socket
 import sys
 import urllib.parse
 from typing import Callable, Iterator, NoReturn, Sequence
 
-from .errors import CheckpointError, LabelSpaceError, UsageError, caused_by, raised_by_interrupt
+from . import interrupts
+from .errors import CheckpointError, LabelSpaceError, UsageError, caused_by
 
 __all__ = ['UsageError', 'user_errors', 'DefaultsHelpFormatter', 'OneLineErrorParser', 'run_cli', 'setup_logging',
            'pretrained_download', 'caused_by']
@@ -124,41 +124,29 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     Set ``ROBUSTCNN_TRACEBACK=1`` to see the full traceback of a user error.
     """
     prog = prog or os.path.basename(sys.argv[0])
-    interrupts: list[int] = []
-
-    def on_interrupt(signum: int, frame: object) -> None:
-        interrupts.append(signum)
-        raise KeyboardInterrupt  # what Python's own handler does; the record is what this adds
-
-    try:  # only the main thread may install handlers
-        previous_handler = signal.signal(signal.SIGINT, on_interrupt)
-    except ValueError:
-        previous_handler = None
-    try:
-        code = main(argv)
-    except user_errors() as error:
-        if os.environ.get('ROBUSTCNN_TRACEBACK'):
-            raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f'{prog}: error: {message}', file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f'{prog}: interrupted', file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-    except Exception as error:  # after BrokenPipeError, which is an Exception too
-        # Ctrl-C also reaches the DataLoader workers, whose death the loader then reports as its own error, at
-        # times after a library swallowed the main process's KeyboardInterrupt: any failure after Ctrl-C is it
-        if interrupts or raised_by_interrupt(error):
+    with interrupts.recording():  # Ctrl-C: recorded, so that the loops stop even when a library swallowed it
+        try:
+            code = main(argv)
+        except user_errors() as error:
+            if os.environ.get('ROBUSTCNN_TRACEBACK'):
+                raise
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f'{prog}: error: {message}', file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
             print(f'{prog}: interrupted', file=sys.stderr)
             sys.exit(130)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            print(f'{prog}: error: {error.strerror or error}', file=sys.stderr)
-            sys.exit(1)
-        raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except Exception as error:  # after BrokenPipeError, which is an Exception too
+            # a library that caught the KeyboardInterrupt may fail later, or rewrap it (torch.save): any failure
+            # after Ctrl-C is it
+            if interrupts.interrupt_requested() or caused_by(error, KeyboardInterrupt):
+                print(f'{prog}: interrupted', file=sys.stderr)
+                sys.exit(130)
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                print(f'{prog}: error: {error.strerror or error}', file=sys.stderr)
+                sys.exit(1)
+            raise
     sys.exit(int(code or 0))

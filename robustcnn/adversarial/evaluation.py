@@ -28,6 +28,7 @@ from ..data.folder import ClassFolderDataset
 from ..data.transforms import EvalPreprocessing, build_eval_transform
 from ..engine.evaluate import format_duration
 from ..faults import kill_point
+from ..interrupts import until_interrupted
 from .attacks import MIN_AUTOATTACK_CLASSES, PixelSpaceModel, attack_record, build_attack, check_perturbation
 from .spec import AttackSpec
 
@@ -263,7 +264,7 @@ def evaluate_attack(
                             robust_correct=[a + b for a, b in zip(total.robust_correct, carried.robust_correct)])
 
     try:
-        for step, batch in enumerate(loader, start=1):
+        for step, batch in enumerate(until_interrupted(loader), start=1):
             counts[2] += int(batch.num_failed)
             if batch.images.numel():
                 pixels = batch.images.to(device, non_blocking=True).float().div_(255.0)

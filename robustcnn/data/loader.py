@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..cli import UsageError
 from ..engine.runtime import usable_cpu_count
+from ..interrupts import ignore_interrupts
 from .folder import ClassFolderDataset
 from .samplers import ShardedEvalSampler
 
@@ -84,7 +85,10 @@ def build_eval_loader(
         pin_memory: bool = False,
         collate_fn: Callable[[Sequence[Any]], Any] = collate_eval_batch,
 ) -> DataLoader:
-    """Loader over this process's shard; workers decode and resize, the device normalizes."""
+    """Loader over this process's shard; workers decode and resize, the device normalizes.
+
+    The workers ignore Ctrl-C (the main process ends them, see :mod:`robustcnn.interrupts`).
+    """
     sampler = ShardedEvalSampler(dataset, num_replicas=runtime.world_size, rank=runtime.rank)
     if workers > available_cores():
         # More decoding processes than cores only adds switching; the release's "--workers 8" meets small machines.
@@ -94,5 +98,5 @@ def build_eval_loader(
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
         pin_memory=pin_memory and runtime.kind == 'cuda', drop_last=False,
-        persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False, prefetch_factor=4 if workers > 0 else None, worker_init_fn=ignore_interrupts,
     )

@@ -25,6 +25,7 @@ from timm.data import create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
 
 from ..cli import UsageError
+from ..interrupts import ignore_interrupts
 from .folder import ClassFolderDataset, list_class_folders, scan_class_folders
 from .loader import collate_eval_batch
 
@@ -217,6 +218,7 @@ def build_train_loader(
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_interrupts,  # Ctrl-C reaches the main process only (see robustcnn.interrupts)
         # The sampler supplies every seed; a fixed generator keeps DataLoader from drawing on the global RNG.
         generator=torch.Generator().manual_seed(args.seed),
     )

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..cli import UsageError
 from ..faults import kill_point
+from ..interrupts import until_interrupted
 from .runtime import IGNORE_TARGET, Runtime, runtime_inference_mode
 
 __all__ = ['EvalResult', 'GroupCounts', 'SampleGroups', 'Predictions', 'evaluate', 'predict', 'normalize_on_device',
@@ -266,7 +267,7 @@ def evaluate(
     progress = _EvalProgress(description, loader, runtime, log_freq)
     try:
         # XLA pads batches to one shape (padding targets are IGNORE_TARGET) and puts them on the devices
-        for step, batch in enumerate(runtime.eval_batches(loader), start=1):
+        for step, batch in enumerate(until_interrupted(runtime.eval_batches(loader)), start=1):
             counts[3] += int(batch.num_failed)
             if groups is not None:
                 groups.add_failed(batch.failed_indices)
@@ -336,7 +337,7 @@ def predict(
     failed = torch.zeros((), dtype=torch.long, device=device)
     start = time.perf_counter()
     try:
-        for batch in runtime.eval_batches(loader):
+        for batch in until_interrupted(runtime.eval_batches(loader)):
             failed += int(batch.num_failed)
             if batch.images.numel() == 0:
                 continue

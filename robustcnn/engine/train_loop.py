@@ -24,6 +24,7 @@ import torch
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 
 from ..faults import kill_after_update
+from ..interrupts import until_interrupted
 from .evaluate import format_duration
 from .runtime import Runtime
 
@@ -322,7 +323,7 @@ def train_one_epoch(
     runtime.step_done()  # XLA: the fresh accumulators become device data, so the first step compiles like the rest
     batch_index = start_batch - 1
     wait_start = time.perf_counter()
-    for batch_index, batch in enumerate(setup.train_loader, start=start_batch):
+    for batch_index, batch in enumerate(until_interrupted(setup.train_loader), start=start_batch):
         progress.data_seconds += time.perf_counter() - wait_start
         totals.failed_images += batch.num_failed
         runtime.seed_device(seed_step(setup.seed, epoch, batch_index, runtime.rank))

@@ -41,6 +41,7 @@ from PIL import Image
 
 from ..atomic import atomic_write_text
 from ..cli import UsageError
+from ..interrupts import ignore_interrupts
 from .corruptions import CORRUPTIONS, corrupt
 from .shapes import SHAPE_NAMES, ShapePlacement, render_mask, render_outline
 from .textures import TEXTURE_NAMES, colorize, smooth_noise, texture_pattern
@@ -429,6 +430,22 @@ class _Progress:
                          self.total_images, self.parts_done, self.parts_total, now - self.started)
 
 
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel the parts not started and end the running ones now.
+
+    Why: leaving the ``with`` block calls ``shutdown(wait=True)``, which waits for every running part (a corruption
+    part takes minutes at the demo's sizes) in processes that ignore Ctrl-C. Python 3.14 has
+    ``terminate_workers()``; before it the executor's process table is the only handle on its processes.
+    """
+    terminate_workers = getattr(pool, 'terminate_workers', None)
+    if terminate_workers is not None:
+        terminate_workers()
+        return
+    for process in list((getattr(pool, '_processes', None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def generate_benchmark(config: SyntheticConfig, root: str | os.PathLike, workers: int | None = None) -> Path:
     """Generate into a hidden sibling folder, then rename it to ``root`` in one step.
 
@@ -467,17 +484,21 @@ def generate_benchmark(config: SyntheticConfig, root: str | os.PathLike, workers
         else:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context('fork' if 'fork' in methods else 'spawn')
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                # the slow corruption tasks first, so the pool finishes together
-                ordered = sorted(tasks, key=lambda task: task[0] != 'corruption')
-                pending = {pool.submit(_run_recorded_task, config, str(partial), task) for task in ordered}
-                while pending:
-                    finished, pending = wait(pending, timeout=PROGRESS_SECONDS, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        written = future.result()
-                        files += written
-                        progress.add(written)
-                    progress.tick()
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=ignore_interrupts) as pool:
+                try:
+                    # the slow corruption tasks first, so the pool finishes together
+                    ordered = sorted(tasks, key=lambda task: task[0] != 'corruption')
+                    pending = {pool.submit(_run_recorded_task, config, str(partial), task) for task in ordered}
+                    while pending:
+                        finished, pending = wait(pending, timeout=PROGRESS_SECONDS, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            written = future.result()
+                            files += written
+                            progress.add(written)
+                        progress.tick()
+                except BaseException:  # Ctrl-C, or a part that failed: the parts still running are not waited for
+                    _stop_pool(pool)
+                    raise
         seconds = time.perf_counter() - started
         shutil.rmtree(partial / _DONE)
         (partial / _PROGRESS).unlink()
