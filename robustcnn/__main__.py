@@ -1,6 +1,6 @@
 """``python -m robustcnn`` / ``robustcnn``: list the models, convert or export a checkpoint, fetch released weights.
 
-    robustcnn                          version and registered models
+    robustcnn                          version and registered models (Robust-ResNet, the ResNet ablation)
     robustcnn models [--params]        the same, optionally with parameter counts
     robustcnn convert CKPT OUT.safetensors [--use-ema]
     robustcnn export CKPT DIR [--results FILE...] [--push-to-hub USER/REPO]   a folder timm / the Hub load
@@ -37,16 +37,20 @@ def list_models(show_params: bool) -> int:
     import timm
     import torch
 
+    from .models import MODEL_FAMILIES
+
     print(f'robustcnn {__version__} (timm {timm.__version__}, torch {torch.__version__})')
     print('registered models:')
-    for name in timm.list_models('robust_resnet*'):
-        if show_params:
-            with torch.device('meta'):
-                model = timm.create_model(name)
-            count = sum(parameter.numel() for parameter in model.parameters())
-            print(f'  {name:40s} {count / 1e6:7.2f} M params')
-        else:
-            print(f'  {name}')
+    for family in MODEL_FAMILIES:
+        print(f'  {family.title}:')
+        for name in timm.list_models(family.pattern):
+            if show_params:
+                with torch.device('meta'):
+                    model = timm.create_model(name)
+                count = sum(parameter.numel() for parameter in model.parameters())
+                print(f'    {name:40s} {count / 1e6:7.2f} M params')
+            else:
+                print(f'    {name}')
     return 0
 
 

@@ -3,8 +3,9 @@
 
 The suite is not shipped in timm's wheel, so the matching source distribution is fetched once from the package
 index and cached. Two things are added, nothing in timm's tests is changed: a conftest that imports
-``robustcnn`` (registering the models), and ``robust_resnet`` appended to the suite's list of model modules that
-implement ``forward_intermediates`` (the list is how timm opts a module into those tests).
+``robustcnn`` (registering the models), and our model modules (``robust_resnet``, ``resnet_ablation``: every
+family in ``robustcnn.models.MODEL_FAMILIES``) appended to the suite's list of model modules that implement
+``forward_intermediates`` (the list is how timm opts a module into those tests). Only our models' tests run.
 
 Usage: python scripts/run_timm_model_tests.py [--cache-dir DIR] [extra pytest args]
 """
@@ -18,6 +19,8 @@ import tarfile
 from pathlib import Path
 
 import timm
+
+from robustcnn.models import MODEL_FAMILIES
 
 MODULE_LIST_LINE = 'FEAT_INTER_FILTERS = ['
 PYTEST_INI = """[pytest]
@@ -60,10 +63,11 @@ def prepare_suite(sdist: Path, suite_dir: Path) -> Path:
         source = archive.extractfile(member).read().decode('utf-8')
     if MODULE_LIST_LINE not in source:
         raise SystemExit(f'{member}: could not find "{MODULE_LIST_LINE}"; timm changed its test layout')
-    source = source.replace(MODULE_LIST_LINE, f"{MODULE_LIST_LINE}'robust_resnet', ", 1)
+    modules = ''.join(f'{family.module!r}, ' for family in MODEL_FAMILIES)
+    source = source.replace(MODULE_LIST_LINE, f'{MODULE_LIST_LINE}{modules}', 1)
     suite_dir.mkdir(parents=True, exist_ok=True)
     (suite_dir / 'test_models.py').write_text(source)
-    (suite_dir / 'conftest.py').write_text('import robustcnn  # noqa: F401  (registers robust_resnet* with timm)\n')
+    (suite_dir / 'conftest.py').write_text('import robustcnn  # noqa: F401  (registers our models with timm)\n')
     (suite_dir / 'pytest.ini').write_text(PYTEST_INI)
     return suite_dir
 
@@ -74,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     args, pytest_args = parser.parse_known_args(argv)
     sdist = fetch_sdist(timm.__version__, args.cache_dir)
     suite_dir = prepare_suite(sdist, args.cache_dir / f'suite-{timm.__version__}')
+    selection = ' or '.join(family.pattern.rstrip('*') for family in MODEL_FAMILIES)  # our models' test ids only
     command = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-c', str(suite_dir / 'pytest.ini'),
-               '--rootdir', str(suite_dir), str(suite_dir / 'test_models.py'), '-k', 'robust_resnet', *pytest_args]
+               '--rootdir', str(suite_dir), str(suite_dir / 'test_models.py'), '-k', selection, *pytest_args]
     return subprocess.call(command)
 
 

@@ -297,6 +297,34 @@ def test_module_entry_point_lists_models():
     assert 'robust_resnet_down_inverted_dw_small' in result.stdout
 
 
+def _listed_families(stdout: str) -> dict[str, list[str]]:
+    """`robustcnn models` output -> {family heading: [the lines under it]}."""
+    families: dict[str, list[str]] = {}
+    for line in stdout.split('registered models:\n', 1)[1].splitlines():
+        if line.startswith('    '):
+            families[list(families)[-1]].append(line.strip())
+        elif line.startswith('  '):
+            families[line.strip()] = []
+    return families
+
+
+def test_models_command_lists_both_families_under_their_own_headings():
+    listed = _listed_families(subprocess.run([sys.executable, '-m', 'robustcnn', 'models'], capture_output=True,
+                                             text=True, check=True).stdout)
+    robust, ablation = listed  # Robust-ResNet first, then the section-4 ablation family
+    assert robust.startswith('Robust-ResNet') and 'section 4' in ablation
+    assert set(RELEASED) | {'robust_resnet_dw_pico', 'robust_resnet_dw_nano'} <= set(listed[robust])
+    assert all(name.startswith('robust_resnet_') for name in listed[robust])
+    assert listed[ablation] == ['resnet_ablation_50', 'resnet_ablation_nano', 'resnet_ablation_pico',
+                                'resnet_ablation_small']
+
+    with_params = _listed_families(subprocess.run([sys.executable, '-m', 'robustcnn', 'models', '--params'],
+                                                  capture_output=True, text=True, check=True).stdout)
+    counts = {line.split()[0]: line.split()[1] for lines in with_params.values() for line in lines}
+    assert counts['resnet_ablation_50'] == f'{25_557_032 / 1e6:.2f}'  # timm's resnet50, layer for layer
+    assert counts['robust_resnet_dw_small'] == f'{RELEASED["robust_resnet_dw_small"][0]:.2f}'
+
+
 @pytest.mark.parametrize('name', ['robust_resnet_dw_nano', 'robust_resnet_inverted_dw_nano',
                                   'robust_resnet_up_inverted_dw_nano', 'robust_resnet_down_inverted_dw_nano'])
 def test_fuse_folds_every_batchnorm_and_keeps_outputs(name):

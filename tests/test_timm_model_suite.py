@@ -1,4 +1,5 @@
-"""timm's own model test-suite, run on every robust_resnet* model (see scripts/run_timm_model_tests.py).
+"""timm's own model test-suite, run on every robust_resnet* and resnet_ablation* model (see
+scripts/run_timm_model_tests.py).
 
 It needs the package index once, to fetch timm's source release (cached afterwards); set
 ROBUSTCNN_SKIP_TIMM_SUITE=1 to skip it when offline.
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import timm
+
+from robustcnn.models import MODEL_FAMILIES
 
 SCRIPT = Path(__file__).parents[1] / 'scripts' / 'run_timm_model_tests.py'
 
@@ -39,18 +42,19 @@ def run_with_progress(command: list[str], say) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @pytest.mark.skipif(bool(os.environ.get('ROBUSTCNN_SKIP_TIMM_SUITE')), reason='ROBUSTCNN_SKIP_TIMM_SUITE is set')
-def test_timm_model_suite_passes_for_every_robust_resnet(capsys):
+def test_timm_model_suite_passes_for_every_model_we_register(capsys):
     def say(message: str) -> None:
         with capsys.disabled():  # to the terminal, past pytest's capture
             print(f'\n{message}', flush=True)
 
     say('timm model suite: fetching timm\'s source release (once) and running its model tests on every '
-        'robust_resnet* model; tens of minutes on a 2-core machine (ROBUSTCNN_SKIP_TIMM_SUITE=1 skips it)')
+        'robust_resnet* and resnet_ablation* model; tens of minutes on a 2-core machine '
+        '(ROBUSTCNN_SKIP_TIMM_SUITE=1 skips it)')
     result = run_with_progress([sys.executable, str(SCRIPT), '-W', 'ignore'], say)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ''
     assert result.returncode == 0, f'timm suite failed:\n{result.stdout[-6000:]}'
     passed = int(re.search(r'(\d+) passed', summary).group(1))
-    models = len(timm.list_models('robust_resnet*'))
+    models = sum(len(timm.list_models(family.pattern)) for family in MODEL_FAMILIES)
     assert 'failed' not in summary and 'error' not in summary
     # forward, backward, cfgs, features, intermediates, torchscript, fx, pruning: at least 10 tests per model
     assert passed >= 10 * models, summary

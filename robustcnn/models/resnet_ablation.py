@@ -25,19 +25,16 @@ same size for every stem, so a patch-size comparison does not also compare final
 """
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, LayerType, calculate_drop_path_rates, get_act_layer, get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.layers import LayerType, get_act_layer
+from timm.models import generate_default_cfgs, register_model
 
-from ..checkpoint import extract_state_dict
 from .blocks import RobustResNetBlock
-from .prepacked import prepack_convolutions
+from .staged import BlockStage, StagedNetwork, create_staged_network, stage_drop_path_rates, staged_cfg
 
 __all__ = ['ResNetAblation', 'AblationBottleneck', 'ResNetAblationStage', 'ACTIVATION_POSITIONS', 'NORM_POSITIONS',
            'LAYER_PRESETS', 'parse_positions']
@@ -134,7 +131,7 @@ class AblationBottleneck(RobustResNetBlock):
         return self.act3(x)
 
 
-class ResNetAblationStage(nn.Module):
+class ResNetAblationStage(BlockStage):
     """A run of bottlenecks at one resolution; the stride (if any) sits in the first block."""
 
     def __init__(
@@ -157,24 +154,15 @@ class ResNetAblationStage(nn.Module):
             dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        self.grad_checkpointing = False
-        drop_path_rates = list(drop_path_rates) if drop_path_rates is not None else [0.] * depth
-        blocks: List[AblationBottleneck] = []
-        for index in range(depth):
-            block = AblationBottleneck(
-                in_chs, dim, stride=stride if index == 0 else 1, kernel_size=kernel_size, depthwise=depthwise,
-                mlp_ratio=mlp_ratio, activations=activations, norms=norms, conv_bias=conv_bias,
-                drop_path=drop_path_rates[index], layer_scale_init_value=layer_scale_init_value,
-                norm_layer=norm_layer, act_layer=act_layer, device=device, dtype=dtype)
-            blocks.append(block)
-            in_chs = block.out_chs
-        self.out_chs = in_chs
-        self.blocks = nn.Sequential(*blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        def make_block(block_in_chs: int, block_stride: int, drop_path: float) -> AblationBottleneck:
+            return AblationBottleneck(
+                block_in_chs, dim, stride=block_stride, kernel_size=kernel_size, depthwise=depthwise,
+                mlp_ratio=mlp_ratio, activations=activations, norms=norms, conv_bias=conv_bias, drop_path=drop_path,
+                layer_scale_init_value=layer_scale_init_value, norm_layer=norm_layer, act_layer=act_layer,
+                device=device, dtype=dtype)
+
+        self._init_blocks(make_block, in_chs, depth, stride, 0, drop_path_rates)
 
 
 def default_stage_strides(stem_reduction: int, num_stages: int) -> Tuple[int, ...]:
@@ -187,7 +175,7 @@ def default_stage_strides(stem_reduction: int, num_stages: int) -> Tuple[int, ..
     return (1,) * (num_stages - doublings) + (2,) * doublings
 
 
-class ResNetAblation(nn.Module):
+class ResNetAblation(StagedNetwork):
     """ResNet bottleneck network whose stem, spatial conv and per-block activations / norms are switches."""
 
     def __init__(
@@ -258,10 +246,7 @@ class ResNetAblation(nn.Module):
         act_layer = get_act_layer(act_layer)
         stem_width = stem_width or dims[0]
 
-        self.num_classes = num_classes
         self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.grad_checkpointing = False
 
         # Design 1: the stem. Both are a Sequential whose first module is the conv, so ``stem.0`` is the first conv.
         if stem == 'patchify':
@@ -284,160 +269,27 @@ class ResNetAblation(nn.Module):
             raise ValueError(
                 f'output_stride {output_stride} is not supported: this configuration has output stride {total_stride}')
 
-        drop_path_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
-        in_chs = stem_width
-        self.feature_info: List[Dict[str, Any]] = []
         stages = []
-        for index, (depth, dim, stride) in enumerate(zip(depths, dims, stage_strides)):
-            first_block = sum(depths[:index])
+        in_chs = stem_width
+        drop_path_rates = stage_drop_path_rates(drop_path_rate, depths)
+        for depth, dim, stride, rates in zip(depths, dims, stage_strides, drop_path_rates):
             stage = ResNetAblationStage(
-                in_chs, dim, depth, stride=stride, drop_path_rates=drop_path_rates[first_block:first_block + depth],
+                in_chs, dim, depth, stride=stride, drop_path_rates=rates,
                 kernel_size=kernel_size, depthwise=depthwise, mlp_ratio=mlp_ratio,  # designs 2 and 3 in the blocks
                 activations=activation_positions, norms=norm_positions, conv_bias=conv_bias,
                 layer_scale_init_value=layer_scale_init_value, norm_layer=nn.BatchNorm2d, act_layer=act_layer, **dd)
             stages.append(stage)
             in_chs = stage.out_chs
-            reduction *= stride
-            self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f'stages.{index}'))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = in_chs
-
-        self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.head_hidden_size = self.head.num_features
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        """The ResNet init both ends use: Kaiming-normal (fan_out, relu) convs with zero bias, BN at identity."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-
-    @torch.no_grad()
-    def fuse(self, prepack: bool = True) -> 'ResNetAblation':
-        """Fold every block's BatchNorms into the convs before them (eval mode, same outputs); see
-        :meth:`RobustResNet.fuse`. The classic stem's BatchNorm is kept."""
-        self.eval()
-        for module in self.modules():
-            if isinstance(module, RobustResNetBlock):
-                module.reparameterize(prepack=prepack)
-        if prepack:
-            prepack_convolutions(self)
-        return self
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [(r'^stages\.(\d+)\.blocks\.(\d+)', None)],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier (0 removes it); ``global_pool`` None keeps the current pooling."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, in_features=self.num_features, **get_device_dtype(self))
-        self.head_hidden_size = self.head.num_features
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward through the stages, also returning the outputs of the stages in ``indices`` (timm's API)."""
-        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.stem(x)
-        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        for stage_index, stage in enumerate(stages):
-            x = stage(x)
-            if stage_index in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and head) not needed to produce the intermediates in ``indices``."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        return self.stages(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """A bare state dict or one under ``model``/``state_dict``/``state_dict_ema`` (train.py's checkpoints)."""
-    return extract_state_dict(state_dict)
+        self._init_stages_and_head(
+            stages, stage_strides, reduction, stem_width, num_classes, global_pool, drop_rate, **dd)
 
 
 def _create_resnet_ablation(variant: str, pretrained: bool = False, **kwargs: Any) -> ResNetAblation:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    return build_model_with_cfg(
-        ResNetAblation,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, flatten_sequential=True),
-        **kwargs,
-    )
+    return create_staged_network(ResNetAblation, variant, pretrained, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'stem.0', 'classifier': 'head.fc',
-        'paper_ids': 'arXiv:2206.03452',
-        'paper_name': 'Can CNNs Be More Robust Than Transformers?',
-        'license': 'mit',
-        **kwargs,
-    }
+    return staged_cfg(url, first_conv='stem.0', **kwargs)
 
 
 # Ablation start points; none has released weights (train them with train.py or scripts/study.py).

@@ -9,25 +9,23 @@ knob of that ablation: ``patch_size``, ``kernel_size``, ``block_type``, ``depths
 ``stage_strides``/``stride_block`` (where the stride-2 point sits), ``layer_scale_init_value`` and drop path.
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, LayerType, calculate_drop_path_rates, get_act_layer, get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.layers import LayerType, get_act_layer
+from timm.models import generate_default_cfgs, register_model
 
-from ..checkpoint import extract_state_dict
 from .blocks import BLOCK_TYPES, RobustResNetBlock
-from .prepacked import prepack_convolutions
 from .released import pretrained_overlay
+from .staged import BlockStage, StagedNetwork, checkpoint_filter_fn, create_staged_network, stage_drop_path_rates, \
+    staged_cfg
 
 __all__ = ['RobustResNet', 'RobustResNetStage', 'checkpoint_filter_fn']
 
 
-class RobustResNetStage(nn.Module):
+class RobustResNetStage(BlockStage):
     """A run of blocks at one resolution; the stride (if any) sits in the first or the last block."""
 
     def __init__(
@@ -48,37 +46,28 @@ class RobustResNetStage(nn.Module):
             dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        self.grad_checkpointing = False
         block_class = BLOCK_TYPES[block_type]
-        stride_index = 0 if stride_block == 'first' else depth - 1
-        drop_path_rates = list(drop_path_rates) if drop_path_rates is not None else [0.] * depth
-        blocks: List[RobustResNetBlock] = []
-        for index in range(depth):
-            block = block_class(
-                in_chs=in_chs,
+
+        def make_block(block_in_chs: int, block_stride: int, drop_path: float) -> RobustResNetBlock:
+            return block_class(
+                in_chs=block_in_chs,
                 dim=dim,
-                stride=stride if index == stride_index else 1,
+                stride=block_stride,
                 kernel_size=kernel_size,
                 mlp_ratio=mlp_ratio,
-                drop_path=drop_path_rates[index],
+                drop_path=drop_path,
                 layer_scale_init_value=layer_scale_init_value,
                 norm_layer=norm_layer,
                 act_layer=act_layer,
                 device=device,
                 dtype=dtype,
             )
-            blocks.append(block)
-            in_chs = block.out_chs
-        self.out_chs = in_chs
-        self.blocks = nn.Sequential(*blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        stride_index = 0 if stride_block == 'first' else depth - 1
+        self._init_blocks(make_block, in_chs, depth, stride, stride_index, drop_path_rates)
 
 
-class RobustResNet(nn.Module):
+class RobustResNet(StagedNetwork):
     """Robust-ResNet: patchify stem -> 4 stages of large-kernel depthwise blocks -> pool -> dropout -> linear."""
 
     def __init__(
@@ -147,22 +136,16 @@ class RobustResNet(nn.Module):
                 f'output_stride {output_stride} is not supported: this configuration has output stride {total_stride}')
         act_layer = get_act_layer(act_layer)
 
-        self.num_classes = num_classes
         self.in_chans = in_chans
-        self.drop_rate = drop_rate
         self.block_type = block_type
-        self.grad_checkpointing = False
 
         # Design 1: "patchify" stem, a single non-overlapping conv (with bias, no norm, no activation).
         self.stem = nn.Conv2d(in_chans, dims[0], kernel_size=patch_size, stride=patch_size, bias=True, **dd)
-        reduction = patch_size
-        in_chs = dims[0]
 
-        drop_path_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
-        self.feature_info: List[Dict[str, Any]] = []
         stages = []
-        for index, (depth, dim, stride) in enumerate(zip(depths, dims, stage_strides)):
-            first_block = sum(depths[:index])
+        in_chs = dims[0]
+        drop_path_rates = stage_drop_path_rates(drop_path_rate, depths)
+        for depth, dim, stride, rates in zip(depths, dims, stage_strides, drop_path_rates):
             stage = RobustResNetStage(
                 block_type,
                 in_chs,
@@ -172,7 +155,7 @@ class RobustResNet(nn.Module):
                 stride_block=stride_block,
                 kernel_size=kernel_size,
                 mlp_ratio=mlp_ratio,
-                drop_path_rates=drop_path_rates[first_block:first_block + depth],
+                drop_path_rates=rates,
                 layer_scale_init_value=layer_scale_init_value,
                 norm_layer=nn.BatchNorm2d,
                 act_layer=act_layer,
@@ -180,168 +163,18 @@ class RobustResNet(nn.Module):
             )
             stages.append(stage)
             in_chs = stage.out_chs
-            reduction *= stride
-            self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f'stages.{index}'))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = in_chs
-
-        # No norm before the head: the released model pools the last block's output directly.
-        self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.head_hidden_size = self.head.num_features
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        """ResNet init of the release: Kaiming-normal (fan_out, relu) convs with zero bias, BN at identity."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-
-    @torch.no_grad()
-    def fuse(self, prepack: bool = True) -> 'RobustResNet':
-        """Fold each block's BatchNorm (and each shortcut's) into the conv before it: a norm-free network for
-        inference with the same outputs (eval mode). Modifies the model in place and puts it in eval mode.
-
-        ``prepack`` (default): convolutions also keep a oneDNN-packed copy of their weight for CPU float32
-        inference, which halves CPU time at small batch (see ``models/prepacked.py``); no effect elsewhere.
-        """
-        self.eval()
-        for module in self.modules():
-            if isinstance(module, RobustResNetBlock):
-                module.reparameterize(prepack=prepack)
-        if prepack:
-            prepack_convolutions(self)
-        return self
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        # Biases, BN and layer-scale are excluded by the optimizer factory's 1-D rule; nothing extra here.
-        return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [(r'^stages\.(\d+)\.blocks\.(\d+)', None)],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier (0 removes it); ``global_pool`` None keeps the current pooling."""
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, in_features=self.num_features, **get_device_dtype(self))
-        self.head_hidden_size = self.head.num_features
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward through the stages, also returning the outputs of the stages in ``indices``.
-
-        Args:
-            x: Input images.
-            indices: Last n stages if int, all if None, else the stage indices to take.
-            norm: Accepted for API parity; the network has no final norm.
-            stop_early: Stop after the last stage needed.
-            output_fmt: Only 'NCHW'.
-            intermediates_only: Return only the intermediates.
-        """
-        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.stem(x)
-        if torch.jit.is_scripting() or not stop_early:  # can't slice blocks in torchscript
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        for stage_index, stage in enumerate(stages):
-            x = stage(x)
-            if stage_index in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and head) not needed to produce the intermediates in ``indices``."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        return self.stages(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Accept every released form: a bare state dict or one under ``model``/``state_dict``/``state_dict_ema``,
-    keys possibly prefixed ``module.``. The released key layout is this model's, so nothing is renamed."""
-    only_ema = not any(key in state_dict for key in ('model', 'state_dict')) and \
-        any(key in state_dict for key in ('state_dict_ema', 'model_ema'))
-    return extract_state_dict(state_dict, use_ema=only_ema)
+        self._init_stages_and_head(
+            stages, stage_strides, patch_size, dims[0], num_classes, global_pool, drop_rate, **dd)
 
 
 def _create_robust_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> RobustResNet:
-    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     if pretrained:  # no source given: the weights `robustcnn download` cached, or a one-line error naming it
         kwargs = pretrained_overlay(variant, kwargs)
-    return build_model_with_cfg(
-        RobustResNet,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, flatten_sequential=True),
-        **kwargs,
-    )
+    return create_staged_network(RobustResNet, variant, pretrained, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'stem', 'classifier': 'head.fc',
-        'paper_ids': 'arXiv:2206.03452',
-        'paper_name': 'Can CNNs Be More Robust Than Transformers?',
-        'origin_url': 'https://github.com/UCSC-VLAA/RobustCNN',
-        'license': 'mit',
-        **kwargs,
-    }
+    return staged_cfg(url, first_conv='stem', origin_url='https://github.com/UCSC-VLAA/RobustCNN', **kwargs)
 
 
 # The released ImageNet-1k weights live on Google Drive (see README and released.py): after
