@@ -212,12 +212,12 @@ def run_validation_command(request: ValidationRequest, args: argparse.Namespace)
 
 def run_validation(request: ValidationRequest, runtime: Runtime) -> dict[str, Any]:
     """Evaluate one model on one dataset or a suite; returns the results payload (and writes the files)."""
+    if request.decode_on_device and runtime.kind not in ('cuda', 'cpu'):
+        raise UsageError(f'--decode-on-device works with CUDA (nvJPEG) or the CPU, not {runtime.kind}; drop it '
+                         f'to decode in the loader workers')
     settings = runtime.device_settings(amp=request.amp, amp_dtype=request.amp_dtype,
                                        channels_last=request.channels_last, batch_size=request.batch_size)
     if request.decode_on_device:
-        if runtime.kind not in ('cuda', 'cpu'):
-            raise UsageError(f'--decode-on-device works with CUDA (nvJPEG) or the CPU, not {runtime.kind}; drop it '
-                             f'to decode in the loader workers')
         _logger.info('JPEGs are decoded on %s in batches (torchvision decode_jpeg%s); workers read the files',
                      runtime.device, ', nvJPEG' if runtime.kind == 'cuda' else '')
 

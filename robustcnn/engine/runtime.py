@@ -381,7 +381,8 @@ class Runtime:
         On CUDA, ``cudnn.benchmark`` is switched on as the speed tool does and timm's train.py / validate.py do:
         the batches of training (random-resized crops) and of evaluation (one input size per set) have fixed
         shapes, so cuDNN's search for the fastest convolution kernels runs once per shape (the last, shorter batch
-        of a set adds one) and every later batch uses its pick.
+        of a set adds one; ``--resize-mode none`` on images of mixed sizes one per size) and every later batch
+        uses its pick.
         """
         use_amp = (self.kind == 'cuda') if amp is None else amp
         settings = DeviceSettings(
