@@ -15,7 +15,7 @@ from .adversarial.spec import add_attack_arguments, attack_spec_from_args
 from .arguments import (AMP_DTYPE_NAMES, RESIZE_MODES, check_output_file, crop_fraction, finite_float, interpolation,
                         non_negative_int, percent, positive_float, positive_int)
 from .benchmarks import BENCHMARK_NAMES, SUITE_ORDER
-from .benchmarks.request import OBJECTNET_POOLINGS, ValidationRequest
+from .benchmarks.request import ValidationRequest
 from .cli import DefaultsHelpFormatter, OneLineErrorParser, UsageError
 from .tracking import add_tracking_arguments, check_tracking_args
 
@@ -107,7 +107,7 @@ def build_validate_parser() -> argparse.ArgumentParser:
                        help='ImageNet-ReaL: real.json of google-research/reassessed-imagenet (default: timm\'s copy)')
     group.add_argument('--in-distribution', default=None, metavar='DIR',
                        help='ImageNet-O: the ImageNet val folder scored as in-distribution (suite: its ImageNet)')
-    group.add_argument('--objectnet-pooling', default='max', choices=OBJECTNET_POOLINGS,
+    group.add_argument('--objectnet-pooling', default='max', choices=('max', 'template'),
                        help='ObjectNet: max of the mapped logits over the 113 classes (wise-ft), or the 1000-way '
                             'top-1 mapped to ObjectNet classes (ObjectNet\'s template)')
     group.add_argument('--human-data', default=None, metavar='DIR',

@@ -18,9 +18,7 @@ from ..arguments import (AMP_DTYPE_NAMES, RESIZE_MODES, RESULT_SUFFIXES, check_c
 from ..cli import UsageError
 from . import BENCHMARK_NAMES, SUITE_ORDER
 
-__all__ = ['ValidationRequest', 'OBJECTNET_POOLINGS']
-
-OBJECTNET_POOLINGS = ('max', 'template')
+__all__ = ['ValidationRequest']
 
 
 @dataclass
@@ -85,9 +83,9 @@ class ValidationRequest:
         unknown = [name for name in self.dataset_dirs if name not in BENCHMARK_NAMES]
         if unknown:
             raise UsageError(f'--dataset-dir: unknown {", ".join(unknown)}; NAME is one of {", ".join(SUITE_ORDER)}')
+        # a set's own flags (--objectnet-pooling, --human-data, ...) are checked by the set's prepare()
         for flag, choices, value in (('--resize-mode', RESIZE_MODES, self.resize_mode),
-                                     ('--amp-dtype', AMP_DTYPE_NAMES, self.amp_dtype),
-                                     ('--objectnet-pooling', OBJECTNET_POOLINGS, self.objectnet_pooling)):
+                                     ('--amp-dtype', AMP_DTYPE_NAMES, self.amp_dtype)):
             if value is not None and value not in choices:
                 raise UsageError(f'{flag} must be one of {", ".join(choices)}, got {value!r}')
         for flag, checker, value in (('--batch-size', positive_int, self.batch_size),
