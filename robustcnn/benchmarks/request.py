@@ -16,7 +16,6 @@ from ..arguments import (AMP_DTYPE_NAMES, RESIZE_MODES, RESULT_SUFFIXES, check_c
                          check_suffix, crop_fraction, finite_float, interpolation, non_negative_int, percent,
                          positive_float, positive_int, require)
 from ..cli import UsageError
-from . import BENCHMARK_NAMES, SUITE_ORDER
 
 __all__ = ['ValidationRequest']
 
@@ -75,15 +74,8 @@ class ValidationRequest:
         """The one place a request's values are checked beyond their flags' types (see the module docstring)."""
         if self.suite and self.dataset is not None:
             raise UsageError('--suite evaluates every dataset found; do not combine it with --dataset')
-        if self.dataset is not None and self.dataset not in BENCHMARK_NAMES:
-            raise UsageError(f'unknown dataset {self.dataset!r}; expected one of {", ".join(BENCHMARK_NAMES)}')
-        unknown = [name for name in self.suite_datasets or () if name not in BENCHMARK_NAMES]
-        if unknown:
-            raise UsageError(f'--datasets: unknown {", ".join(unknown)}; choose from {", ".join(SUITE_ORDER)}')
-        unknown = [name for name in self.dataset_dirs if name not in BENCHMARK_NAMES]
-        if unknown:
-            raise UsageError(f'--dataset-dir: unknown {", ".join(unknown)}; NAME is one of {", ".join(SUITE_ORDER)}')
-        # a set's own flags (--objectnet-pooling, --human-data, ...) are checked by the set's prepare()
+        # Set names are checked by the registry (benchmarks.get_benchmark, when the runner looks them up), which a
+        # library caller may extend; a set's own flags (--objectnet-pooling, ...) by the set's prepare().
         for flag, choices, value in (('--resize-mode', RESIZE_MODES, self.resize_mode),
                                      ('--amp-dtype', AMP_DTYPE_NAMES, self.amp_dtype)):
             if value is not None and value not in choices:
