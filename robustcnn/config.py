@@ -10,7 +10,6 @@ as in timm so that ``--lr`` is the real learning rate unless asked otherwise).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 from pathlib import Path
@@ -19,13 +18,14 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .adversarial.spec import add_adversarial_training_arguments, check_adversarial_training_args
+from .arguments import (AMP_DTYPE_NAMES, FLOAT_TYPES, GEOMETRIC_INTERPOLATIONS, INT_TYPES, INTERPOLATIONS, RESIZE_MODES,
+                        check_channel_values, check_input_size, crop_fraction, finite_float, interpolation,
+                        non_negative_float, non_negative_int, positive_float, positive_int, probability)
 from .cli import DefaultsHelpFormatter, OneLineErrorParser, UsageError
-from .limits import CROP_PCT_RANGE
 
 __all__ = [
     'INTERPOLATIONS', 'RESIZE_MODES', 'ConfigError', 'build_train_parser', 'parse_train_args', 'load_yaml_config',
-    'apply_yaml_defaults', 'args_to_yaml', 'check_normalization', 'effective_learning_rate', 'total_batch_size',
-    'resolve_device_defaults',
+    'apply_yaml_defaults', 'args_to_yaml', 'effective_learning_rate', 'total_batch_size',
 ]
 
 DEFAULT_AUTO_AUGMENT = 'rand-m9-mstd0.5-inc1'
@@ -51,44 +51,6 @@ class KeyValueAction(argparse.Action):
         setattr(namespace, self.dest, result)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be 0 or more, got {value}')
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f'must be a finite number >= 0, got {text}')
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f'must be between 0 and 1, got {text}')
-    return value
-
-
-# argparse prints the type function's __name__ in its messages; make those readable.
-_positive_int.__name__ = 'positive integer'
-_non_negative_int.__name__ = 'non-negative integer'
-_non_negative_float.__name__ = 'non-negative number'
-_probability.__name__ = 'probability'
-
-_INT_TYPES = (int, _positive_int, _non_negative_int)
-_FLOAT_TYPES = (float, _non_negative_float, _probability)
-
-
 class TrainArgumentParser(OneLineErrorParser):
     """Bad flags raise ConfigError: one line and exit status 2 instead of the usage block."""
 
@@ -112,21 +74,22 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--data-dir', default=None, metavar='DIR', help='same as the positional DATA_DIR')
     group.add_argument('--train-split', default='train', help='training folder under DATA_DIR')
     group.add_argument('--val-split', default='val', help='validation folder under DATA_DIR')
-    group.add_argument('--num-classes', type=_positive_int, default=None,
+    group.add_argument('--num-classes', type=positive_int, default=None,
                        help='classifier size (default: the number of class folders)')
-    group.add_argument('--img-size', type=_positive_int, default=None, help='input size (default: the model\'s)')
-    group.add_argument('--input-size', type=_positive_int, nargs=3, default=None, metavar=('C', 'H', 'W'),
+    group.add_argument('--img-size', type=positive_int, default=None, help='input size (default: the model\'s)')
+    group.add_argument('--input-size', type=positive_int, nargs=3, default=None, metavar=('C', 'H', 'W'),
                        help='input size C H W (default: the model\'s; --img-size sets H and W)')
-    group.add_argument('--crop-pct', type=float, default=None, help='validation center-crop fraction')
-    group.add_argument('--mean', type=float, nargs='+', default=None,
+    group.add_argument('--crop-pct', type=crop_fraction, default=None, help='validation center-crop fraction')
+    group.add_argument('--mean', type=finite_float, nargs='+', default=None,
                        help='normalization mean per channel (default: the model\'s)')
-    group.add_argument('--std', type=float, nargs='+', default=None,
+    group.add_argument('--std', type=positive_float, nargs='+', default=None,
                        help='normalization std per channel (default: the model\'s)')
-    group.add_argument('--interpolation', default='', help='validation resize interpolation (default: model\'s)')
-    group.add_argument('-b', '--batch-size', type=_positive_int, default=128, help='per-device batch size')
-    group.add_argument('-vb', '--validation-batch-size', type=_positive_int, default=None,
+    group.add_argument('--interpolation', type=interpolation, default='',
+                       help='validation resize interpolation (default: model\'s)')
+    group.add_argument('-b', '--batch-size', type=positive_int, default=128, help='per-device batch size')
+    group.add_argument('-vb', '--validation-batch-size', type=positive_int, default=None,
                        help='per-device validation batch size (default: --batch-size)')
-    group.add_argument('-j', '--workers', type=_non_negative_int, default=6, help='data-loading processes per device')
+    group.add_argument('-j', '--workers', type=non_negative_int, default=6, help='data-loading processes per device')
     group.add_argument('--pin-mem', action=bool_flag, default=False, help='pin host memory for faster GPU copies')
 
     group = parser.add_argument_group('model')
@@ -135,8 +98,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                        help='extra model constructor arguments, e.g. patch_size=8 kernel_size=11')
     group.add_argument('--pretrained', action=bool_flag, default=False, help='start from timm pretrained weights')
     group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='start from these weights')
-    group.add_argument('--drop', type=_probability, default=0.0, help='classifier dropout')
-    group.add_argument('--drop-path', type=_probability, default=0.1, help='stochastic depth rate')
+    group.add_argument('--drop', type=probability, default=0.0, help='classifier dropout')
+    group.add_argument('--drop-path', type=probability, default=0.1, help='stochastic depth rate')
     group.add_argument('--grad-checkpointing', action=bool_flag, default=False,
                        help='recompute activations in the backward pass (less memory, slower)')
     group.add_argument('--channels-last', action=bool_flag, default=None,
@@ -145,7 +108,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                        help='torch.compile the model (default backend inductor)')
     group.add_argument('--sync-bn', action=bool_flag, default=False, help='synchronize BatchNorm across devices')
     group.add_argument('--model-ema', action=bool_flag, default=False, help='keep (and validate) an EMA of weights')
-    group.add_argument('--model-ema-decay', type=_probability, default=0.99996, help='EMA decay per update')
+    group.add_argument('--model-ema-decay', type=probability, default=0.99996, help='EMA decay per update')
 
     group = parser.add_argument_group('optimizer')
     group.add_argument('--opt', default='adamw', help='timm optimizer name')
@@ -153,20 +116,20 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--opt-betas', type=float, nargs='+', default=None,
                        help='optimizer betas, two values (default: the optimizer\'s)')
     group.add_argument('--momentum', type=float, default=0.9, help='SGD momentum (momentum optimizers only)')
-    group.add_argument('--weight-decay', type=_non_negative_float, default=0.05,
+    group.add_argument('--weight-decay', type=non_negative_float, default=0.05,
                        help='not applied to biases and 1-D parameters (norm weights)')
-    group.add_argument('--clip-grad', type=_non_negative_float, default=None, metavar='NORM',
+    group.add_argument('--clip-grad', type=non_negative_float, default=None, metavar='NORM',
                        help='clip gradients at this norm or value (default: no clipping)')
     group.add_argument('--clip-mode', default='norm', choices=['norm', 'value', 'agc'], help='how --clip-grad clips')
     group.add_argument('--grad-accum-steps', '--update_freq', '--update-freq', dest='grad_accum_steps',
-                       type=_positive_int, default=1,
+                       type=positive_int, default=1,
                        help='micro-batches per optimizer step (effective batch = batch x devices x this)')
 
     group = parser.add_argument_group('learning-rate schedule')
     group.add_argument('--sched', default='cosine', help='timm scheduler name')
     group.add_argument('--sched-on-updates', action=bool_flag, default=False,
                        help='step the schedule every optimizer update instead of every epoch')
-    group.add_argument('--lr', type=_non_negative_float, default=5e-4, help='peak learning rate (see --scale-lr)')
+    group.add_argument('--lr', type=non_negative_float, default=5e-4, help='peak learning rate (see --scale-lr)')
     group.add_argument('--scale-lr', action=bool_flag, default=False,
                        help='use lr x total batch / 512 (total batch = batch x devices x accumulation steps)')
     group.add_argument('--lr-noise', type=float, nargs='+', default=None,
@@ -175,22 +138,22 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--lr-noise-std', type=float, default=1.0, help='lr noise standard deviation')
     group.add_argument('--lr-cycle-mul', type=float, default=1.0, help='cycle length multiplier (restarts)')
     group.add_argument('--lr-cycle-decay', type=float, default=0.1, help='lr multiplier at each restart')
-    group.add_argument('--lr-cycle-limit', type=_positive_int, default=1, help='number of cycles (restarts + 1)')
+    group.add_argument('--lr-cycle-limit', type=positive_int, default=1, help='number of cycles (restarts + 1)')
     group.add_argument('--lr-k-decay', type=float, default=1.0, help='k-decay exponent of cosine/poly schedules')
-    group.add_argument('--warmup-lr', type=_non_negative_float, default=1e-6, help='lr at the warm-up\'s start')
-    group.add_argument('--min-lr', type=_non_negative_float, default=1e-5, help='lower bound of the schedule')
-    group.add_argument('--epochs', type=_positive_int, default=300, help='training epochs (before cool-down)')
+    group.add_argument('--warmup-lr', type=non_negative_float, default=1e-6, help='lr at the warm-up\'s start')
+    group.add_argument('--min-lr', type=non_negative_float, default=1e-5, help='lower bound of the schedule')
+    group.add_argument('--epochs', type=positive_int, default=300, help='training epochs (before cool-down)')
     group.add_argument('--decay-epochs', type=float, default=90, help='step/multistep schedules only')
     group.add_argument('--decay-milestones', type=int, nargs='+', default=[90, 180, 270],
                        help='multistep schedule only: epochs at which the lr decays')
     group.add_argument('--decay-rate', '--dr', type=float, default=0.1, help='step/multistep/plateau lr factor')
-    group.add_argument('--warmup-epochs', type=_non_negative_int, default=5,
+    group.add_argument('--warmup-epochs', type=non_negative_int, default=5,
                        help='linear warm-up from --warmup-lr (per update with --sched-on-updates)')
     group.add_argument('--warmup-prefix', action=bool_flag, default=False,
                        help='warm-up epochs come before the schedule instead of being part of it')
-    group.add_argument('--cooldown-epochs', type=_non_negative_int, default=0,
+    group.add_argument('--cooldown-epochs', type=non_negative_int, default=0,
                        help='epochs at --min-lr after the schedule')
-    group.add_argument('--patience-epochs', type=_non_negative_int, default=10,
+    group.add_argument('--patience-epochs', type=non_negative_int, default=10,
                        help='plateau schedule only: epochs without improvement before a decay')
 
     group = parser.add_argument_group('augmentation and regularization')
@@ -198,26 +161,26 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--scale', type=float, nargs=2, default=[0.08, 1.0], help='random-resized-crop area range')
     group.add_argument('--ratio', type=float, nargs=2, default=[3. / 4., 4. / 3.],
                        help='random-resized-crop aspect-ratio range')
-    group.add_argument('--hflip', type=_probability, default=0.5, help='horizontal flip probability')
-    group.add_argument('--vflip', type=_probability, default=0.0, help='vertical flip probability')
+    group.add_argument('--hflip', type=probability, default=0.5, help='horizontal flip probability')
+    group.add_argument('--vflip', type=probability, default=0.0, help='vertical flip probability')
     group.add_argument('--color-jitter', type=float, default=0.4, help='unused when --aa is set (as in timm)')
     group.add_argument('--aa', default=DEFAULT_AUTO_AUGMENT, help='timm auto-augment policy; "none" disables')
-    group.add_argument('--aug-repeats', type=_non_negative_int, default=3,
+    group.add_argument('--aug-repeats', type=non_negative_int, default=3,
                        help='repeated augmentation count (0 or 1: off); used on one device too')
-    group.add_argument('--reprob', type=_probability, default=0.25, help='random erasing probability')
+    group.add_argument('--reprob', type=probability, default=0.25, help='random erasing probability')
     group.add_argument('--remode', default='pixel', choices=['const', 'rand', 'pixel'], help='random erasing fill')
-    group.add_argument('--recount', type=_positive_int, default=1, help='random erasing count')
-    group.add_argument('--mixup', type=_non_negative_float, default=0.8, help='mixup alpha (0: off)')
-    group.add_argument('--cutmix', type=_non_negative_float, default=1.0, help='cutmix alpha (0: off)')
+    group.add_argument('--recount', type=positive_int, default=1, help='random erasing count')
+    group.add_argument('--mixup', type=non_negative_float, default=0.8, help='mixup alpha (0: off)')
+    group.add_argument('--cutmix', type=non_negative_float, default=1.0, help='cutmix alpha (0: off)')
     group.add_argument('--cutmix-minmax', type=float, nargs=2, default=None,
                        help='cutmix box size range, overrides --cutmix alpha (default: not used)')
-    group.add_argument('--mixup-prob', type=_probability, default=1.0, help='probability of mixing a batch')
-    group.add_argument('--mixup-switch-prob', type=_probability, default=0.5,
+    group.add_argument('--mixup-prob', type=probability, default=1.0, help='probability of mixing a batch')
+    group.add_argument('--mixup-switch-prob', type=probability, default=0.5,
                        help='probability of cutmix instead of mixup when both are on')
     group.add_argument('--mixup-mode', default='batch', choices=['batch', 'pair', 'elem'],
                        help='mix per batch, per pair or per element')
-    group.add_argument('--mixup-off-epoch', type=_non_negative_int, default=0, help='0: never turned off')
-    group.add_argument('--smoothing', type=_probability, default=0.1, help='label smoothing')
+    group.add_argument('--mixup-off-epoch', type=non_negative_int, default=0, help='0: never turned off')
+    group.add_argument('--smoothing', type=probability, default=0.1, help='label smoothing')
     group.add_argument('--train-interpolation', default='bicubic', help='random-resized-crop interpolation')
 
     group = parser.add_argument_group('device and precision')
@@ -225,15 +188,15 @@ def build_train_parser() -> argparse.ArgumentParser:
                        help='auto: xla when PJRT_DEVICE is set, else cuda when a GPU is visible, else cpu')
     group.add_argument('--amp', action=bool_flag, default=None,
                        help='mixed precision autocast (default: on with CUDA, off elsewhere; --no-amp to disable)')
-    group.add_argument('--amp-dtype', default='bfloat16', choices=['bfloat16', 'float16'],
+    group.add_argument('--amp-dtype', default='bfloat16', choices=AMP_DTYPE_NAMES,
                        help='float16 uses a gradient scaler, bfloat16 does not need one')
-    group.add_argument('--threads', type=_positive_int, default=None, metavar='N',
+    group.add_argument('--threads', type=positive_int, default=None, metavar='N',
                        help='torch threads per process (default on a CPU: the usable cores, i.e. affinity and '
                             'cgroup quota, divided by the processes on this machine)')
     group.add_argument('--local_rank', '--local-rank', type=int, default=None, help=argparse.SUPPRESS)
 
     group = parser.add_argument_group('run, logging and checkpoints')
-    group.add_argument('--seed', type=_non_negative_int, default=0, help='seed of weights, data order, augmentation')
+    group.add_argument('--seed', type=non_negative_int, default=0, help='seed of weights, data order, augmentation')
     group.add_argument('--output', default='./output/train', metavar='PATH', help='parent folder of run folders')
     group.add_argument('--experiment', default='', metavar='NAME',
                        help='run folder name under --output (default: date-model-size)')
@@ -245,12 +208,12 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--no-resume-opt', action='store_true', default=False,
                        help='with --resume, keep the weights and the position but start a fresh optimizer, '
                             'schedule and grad-scaler state (e.g. after changing --lr or --opt)')
-    group.add_argument('--log-interval', type=_positive_int, default=50, help='optimizer updates between log lines')
-    group.add_argument('--recovery-interval', type=_non_negative_int, default=0,
+    group.add_argument('--log-interval', type=positive_int, default=50, help='optimizer updates between log lines')
+    group.add_argument('--recovery-interval', type=non_negative_int, default=0,
                        help='optimizer updates between recovery checkpoints (0: none)')
-    group.add_argument('--checkpoint-interval', type=_positive_int, default=10,
+    group.add_argument('--checkpoint-interval', type=positive_int, default=10,
                        help='epochs between checkpoint-{epoch}.pth.tar files')
-    group.add_argument('--checkpoint-hist', type=_non_negative_int, default=1,
+    group.add_argument('--checkpoint-hist', type=non_negative_int, default=1,
                        help='how many checkpoint-{epoch}.pth.tar files to keep')
     group.add_argument('--eval-metric', default='top1', choices=['top1', 'top5', 'loss'],
                        help='metric that picks model_best.pth.tar')
@@ -285,11 +248,11 @@ def _convert_scalar(key: str, action: argparse.Action, value: Any) -> Any:
     if isinstance(value, bool):
         raise ConfigError(f'config key {key!r} expects {_type_name(converter)}, got the boolean {value}')
     try:
-        if converter in _INT_TYPES:
+        if converter in INT_TYPES:
             if isinstance(value, float):
                 raise ValueError('not a whole number')
             result = converter(value) if isinstance(value, int) else converter(str(value))
-        elif converter in _FLOAT_TYPES:
+        elif converter in FLOAT_TYPES:
             if not isinstance(value, (int, float, str)):
                 raise ValueError('not a number')
             result = converter(str(value)) if converter is not float else float(value)
@@ -305,21 +268,10 @@ def _convert_scalar(key: str, action: argparse.Action, value: Any) -> Any:
     return result
 
 
-def resolve_device_defaults(args: argparse.Namespace, device_kind: str) -> argparse.Namespace:
-    """Switches left unset (None) take their device default: on CUDA, bf16 autocast and channels-last are on (the
-    fast path); elsewhere off. The resolved values are what args.yaml and checkpoints record, so a resume repeats
-    them."""
-    if args.amp is None:
-        args.amp = device_kind == 'cuda'
-    if args.channels_last is None:
-        args.channels_last = device_kind == 'cuda'
-    return args
-
-
 def _type_name(converter: Any) -> str:
-    if converter in _INT_TYPES:
+    if converter in INT_TYPES:
         return 'an integer' if converter is int else f'a {converter.__name__}'
-    if converter in _FLOAT_TYPES:
+    if converter in FLOAT_TYPES:
         return 'a number' if converter is float else f'a {converter.__name__}'
     return 'text'
 
@@ -448,12 +400,6 @@ def finalize_train_args(args: argparse.Namespace) -> None:
     check_tracking_args(args)
 
 
-# Interpolations timm understands; Pillow's geometric ops (RandAugment's rotate/shear/translate, which timm hands the
-# training interpolation) take only the first three, so the others cannot be combined with --aa.
-_GEOMETRIC_INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic')
-INTERPOLATIONS = _GEOMETRIC_INTERPOLATIONS + ('lanczos', 'box', 'hamming')
-# Evaluation resize modes (validate.py --resize-mode; implemented in robustcnn.data.transforms).
-RESIZE_MODES = ('resize_center_crop', 'resize', 'none')
 _MAX_SEED = 2 ** 32 - 1  # per-sample seeds are derived as seed * ~1e6 + ...; torch generators take 64 bits
 
 
@@ -462,11 +408,9 @@ def _check_augmentation_args(args: argparse.Namespace) -> None:
     if args.train_interpolation not in INTERPOLATIONS + ('random',):
         raise ConfigError(f'--train-interpolation must be one of {", ".join(INTERPOLATIONS + ("random",))}, got '
                           f'{args.train_interpolation!r}')
-    if args.interpolation and args.interpolation not in INTERPOLATIONS:
-        raise ConfigError(f'--interpolation must be one of {", ".join(INTERPOLATIONS)}, got {args.interpolation!r}')
-    if args.aa and args.train_interpolation not in _GEOMETRIC_INTERPOLATIONS + ('random',):
+    if args.aa and args.train_interpolation not in GEOMETRIC_INTERPOLATIONS + ('random',):
         raise ConfigError(f'--train-interpolation {args.train_interpolation} cannot be used with --aa {args.aa}: '
-                          f'its rotate/shear/translate ops accept {", ".join(_GEOMETRIC_INTERPOLATIONS)} or random')
+                          f'its rotate/shear/translate ops accept {", ".join(GEOMETRIC_INTERPOLATIONS)} or random')
     low, high = args.ratio
     if not 0 < low <= high:
         raise ConfigError(f'--ratio takes two positive aspect ratios, low <= high, got {low} {high}')
@@ -476,9 +420,9 @@ def _check_augmentation_args(args: argparse.Namespace) -> None:
     jitter = args.color_jitter if isinstance(args.color_jitter, (list, tuple)) else [args.color_jitter]
     if any(value is not None and value < 0 for value in jitter):
         raise ConfigError(f'--color-jitter must be 0 or more, got {args.color_jitter}')
-    if args.input_size is not None and args.input_size[0] != 3:
-        raise ConfigError(f'--input-size C H W: C must be 3 (images are read as RGB), got {args.input_size[0]}')
-    _check_normalization_args(args)
+    check_input_size(args.input_size)
+    check_channel_values('--mean', args.mean, finite_float)
+    check_channel_values('--std', args.std, positive_float)
     if args.cutmix_minmax is not None and not 0 < args.cutmix_minmax[0] <= args.cutmix_minmax[1] <= 1:
         raise ConfigError(f'--cutmix-minmax takes two box-size fractions with 0 < min <= max <= 1, got '
                           f'{args.cutmix_minmax[0]} {args.cutmix_minmax[1]}')
@@ -493,28 +437,6 @@ def _check_augmentation_args(args: argparse.Namespace) -> None:
                               f'e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, v0, original, or none') from None
     if args.seed > _MAX_SEED:
         raise ConfigError(f'--seed must be at most {_MAX_SEED}, got {args.seed}')
-
-
-def check_normalization(mean: Sequence[float] | None, std: Sequence[float] | None,
-                        crop_pct: float | None) -> None:
-    """--mean/--std/--crop-pct (train.py and validate.py): finite, a positive std, a crop fraction in range; 1 or 3
-    values. Raises ConfigError; ``--std 0 0 0`` divided by zero at the first batch, ``--crop-pct 0`` was taken."""
-    for flag, values in (('--mean', mean), ('--std', std)):
-        if values is None:
-            continue
-        if len(values) not in (1, 3):
-            raise ConfigError(f'{flag} takes 1 or 3 values (one per RGB channel), got {len(values)}')
-        if not all(math.isfinite(value) for value in values) or (flag == '--std' and min(values) <= 0):
-            kind = 'positive' if flag == '--std' else 'finite'
-            raise ConfigError(f'{flag} values must be {kind} numbers, got {" ".join(map(str, values))}')
-    low, high = CROP_PCT_RANGE
-    if crop_pct is not None and not (math.isfinite(crop_pct) and low <= crop_pct <= high):
-        raise ConfigError(f'--crop-pct must be between {low} and {high} (the fraction of the resized image the center '
-                          f'crop keeps), got {crop_pct}')
-
-
-def _check_normalization_args(args: argparse.Namespace) -> None:
-    check_normalization(args.mean, args.std, args.crop_pct)
 
 
 def _check_policy_sections(policy: str) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .arguments import RESULT_SUFFIXES, check_output_file, check_suffix
 from .atomic import atomic_write_bytes
 from .cli import UsageError
 
@@ -35,7 +36,6 @@ __all__ = ['RESULT_SUFFIXES', 'README_SETS', 'readme_columns', 'FigureBar', 'che
            'write_results', 'results_to_json', 'results_to_csv', 'results_to_markdown', 'readme_row', 'write_figure',
            'round_floats', 'format_cell']
 
-RESULT_SUFFIXES = ('.json', '.csv', '.md')
 # How many of the suite's sets (in suite order) the README's robustness table has; the rest follow in reports.
 README_SETS = 5
 # Columns of the per-dataset tables every set shares; a set's summary() keys beyond these become extra columns.
@@ -70,28 +70,7 @@ def _table_values(dataset: str, metrics: Mapping[str, Any]) -> Mapping[str, Any]
 
 def check_results_path(path: str | os.PathLike) -> Path:
     """Fail early (before any evaluation) on a results file type we cannot write."""
-    path = Path(path)
-    if path.suffix.lower() not in RESULT_SUFFIXES:
-        raise ValueError(f'--results-file must end in {", ".join(RESULT_SUFFIXES)}, got {path.name}')
-    return path
-
-
-def check_output_file(path: str | os.PathLike, flag: str) -> Path:
-    """Fail before any evaluation on an output file that cannot be written: a folder, a path under a file, or a
-    folder this process may not write in (read-only disk, permissions). Missing parent folders are made later."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f'{flag} {path} is a folder; give a file name (e.g. {path / "results.json"})')
-    for ancestor in path.parents:
-        if not (ancestor.exists() or ancestor.is_symlink()):
-            continue
-        if not ancestor.is_dir():
-            raise UsageError(f'{flag} {path} is under {ancestor}, which is a file; choose another path')
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise UsageError(f'{flag} {path}: this process cannot write in {ancestor} (read-only or no permission); '
-                             f'choose another path')
-        break
-    return path
+    return check_suffix('--results-file', path, RESULT_SUFFIXES)
 
 
 def _write_or_fall_back(data: bytes, path: Path) -> Path:
@@ -275,7 +254,7 @@ def write_figure(path: str | os.PathLike, payload: Mapping[str, Any], *, bars: S
     curves = {name: entry for name, entry in results.items() if len(entry.get('robust_top1_by_eps', [])) > 1}
     panels = len(heat_maps) + int(bool(bars)) + len(own_panels) + int(bool(curves))
     if panels == 0:
-        raise ValueError('nothing to plot: no ImageNet-C errors and no top-1 results')
+        raise UsageError('--figure: nothing to plot (no ImageNet-C errors and no top-1 results); leave it out')
     figure, axes = plt.subplots(1, panels, figsize=(7 * panels, 6.5), squeeze=False)
     axes = list(axes[0])
     if curves:  # --attack with several radii: robust top-1 against eps, clean top-1 at eps 0
@@ -356,7 +335,4 @@ def _wrap(label: str, width: int = 16) -> str:
 
 
 def check_png_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if path.suffix.lower() != '.png':
-        raise ValueError(f'--figure must end in .png, got {path.name}')
-    return path
+    return check_suffix('--figure', path, ('.png',))

@@ -174,15 +174,9 @@ def test_bad_flags_are_one_line_usage_errors(flags, message):
         parse_train_args(['/data', *flags])
 
 
-def test_amp_and_channels_last_default_on_for_cuda_only_and_stay_switchable():
-    from robustcnn.config import parse_train_args, resolve_device_defaults
+def test_amp_and_channels_last_are_left_unset_for_the_device_to_decide():
+    """The device defaults themselves (on for CUDA) are resolved by Runtime.device_settings: test_command_lines."""
     unset = parse_train_args(['/data'])
     assert unset.amp is None and unset.channels_last is None
-    assert resolve_device_defaults(parse_train_args(['/data']), 'cuda').amp is True
-    assert resolve_device_defaults(parse_train_args(['/data']), 'cuda').channels_last is True
-    assert resolve_device_defaults(parse_train_args(['/data']), 'cpu').amp is False
-    assert resolve_device_defaults(parse_train_args(['/data']), 'xla').channels_last is False
-    off = resolve_device_defaults(parse_train_args(['/data', '--no-amp', '--no-channels-last']), 'cuda')
+    off = parse_train_args(['/data', '--no-amp', '--no-channels-last'])
     assert off.amp is False and off.channels_last is False
-    on = resolve_device_defaults(parse_train_args(['/data', '--amp', '--channels-last']), 'cpu')
-    assert on.amp is True and on.channels_last is True

@@ -140,6 +140,8 @@ def test_validate_on_the_device_counts_like_the_cpu(tmp_path: Path) -> None:
             entries[device, bool(flags)] = json.loads(results.read_text())['results']['imagenet']
     assert {key: (entry['top1'], entry['num_samples']) for key, entry in entries.items()} == {
         key: (80.0, 5) for key in entries}
+    if ON_CUDA:
+        assert torch.backends.cudnn.benchmark  # Runtime.device_settings: fixed-shape evaluation picks kernels once
 
 
 def test_speed_rows_of_the_device_check_on_the_device() -> None:

@@ -45,6 +45,12 @@ def _run_without_torch(argv: list[str], module: bool = False) -> subprocess.Comp
     (['validate.py', '--help'], False, 0),
     (['validate.py', '/data', '--dataset', 'imagenet-x'], False, 2),
     (['validate.py', '/data', '--figure', 'plot.jpg'], False, 2),
+    # errors found by the typed checkers, the request's own checks and the output-path checks: all before torch
+    (['validate.py', '/data', '--crop-pct', '0'], False, 2),
+    (['validate.py', '/data', '--suite', '--dataset', 'imagenet'], False, 2),
+    (['validate.py', '/data', '--suite', '--dataset-dir', 'nowhere'], False, 2),
+    (['validate.py', '/data', '--results-file', 'table.txt'], False, 2),
+    (['validate.py', '/data', '--results-file', 'tests'], False, 2),
     (['scripts/demo.py', '--help'], False, 0),
     (['scripts/demo.py', '--epochs', '0'], False, 2),
     (['robustcnn', '--help'], True, 0),

@@ -66,7 +66,7 @@ TRAIN_CASES = {
     # values argparse accepts that used to fail on the first batch or in a loader worker
     'unknown aa policy': (['--aa', 'foo'], "--aa 'foo' is not a timm augmentation policy"),
     'lanczos with randaugment': (['--train-interpolation', 'lanczos'], 'cannot be used with --aa'),
-    'unknown interpolation': (['--interpolation', 'foo'], '--interpolation must be one of'),
+    'unknown interpolation': (['--interpolation', 'foo'], '--interpolation: must be one of'),
     'zero aspect ratio': (['--ratio', '0', '1'], '--ratio takes two positive'),
     'negative color jitter': (['--aa', 'none', '--color-jitter', '-1'], '--color-jitter must be 0 or more'),
     'one channel input': (['--input-size', '1', '32', '32'], 'C must be 3'),
@@ -84,14 +84,14 @@ TRAIN_CASES = {
     'negative kernel size': (['--model-kwargs', 'kernel_size=-3'], 'kernel_size must be a positive number'),
     'python tag in model kwargs': (['--model-kwargs', 'x=!!python/object/apply:os.system [echo]'],
                                    'is not a plain value'),
-    'zero std': (['--std', '0', '0', '0'], '--std values must be positive numbers'),
-    'negative crop pct': (['--crop-pct', '-1'], '--crop-pct must be between 0.05 and 2.0'),
+    'zero std': (['--std', '0', '0', '0'], '--std: must be a positive number, got 0'),
+    'negative crop pct': (['--crop-pct', '-1'], '--crop-pct: must be between 0.05 and 2.0'),
     'reversed cutmix minmax': (['--cutmix-minmax', '0.9', '0.1'], '--cutmix-minmax takes two box-size fractions'),
     'unknown compile backend': (['--torchcompile', 'nosuchbackend'], 'not a torch.compile backend'),
     'pretrained without weights': (['--pretrained'], '--pretrained: robust_resnet_dw_nano has no released weights'),
     'config not utf-8': (['--config', '{root}/latin1.yaml'], 'is not UTF-8 text'),
     # values that used to be accepted without a word
-    'zero crop pct': (['--crop-pct', '0'], '--crop-pct must be between'),
+    'zero crop pct': (['--crop-pct', '0'], '--crop-pct: must be between'),
     'garbage policy sections': (['--aa', 'rand-zz-garbage'], "section 'zz' is not KEY+NUMBER"),
     'duplicate yaml key': (['--config', '{root}/duplicate.yaml'], "key 'epochs' appears twice"),
 }
@@ -107,7 +107,7 @@ VALIDATE_CASES = {
     'unknown class folders': (['{data}/val', '--dataset', 'imagenet', '--checkpoint',
                                '{root}/other_architecture.pth'], 'apple'),
     'unknown interpolation': (['{data}/val', '--dataset', 'folder', '--interpolation', 'lanczos3'],
-                              '--interpolation must be one of'),
+                              '--interpolation: must be one of'),
     # output paths that could not be written after the whole evaluation: refused before it
     'results file is a folder': (['{data}/val', '--dataset', 'folder', '--results-file', '{root}'], 'is a folder'),
     'figure is a folder': (['{data}/val', '--dataset', 'folder', '--figure', '{root}/figure.png'], 'is a folder'),
@@ -115,8 +115,8 @@ VALIDATE_CASES = {
                                   'garbage.pth, which is a file'),
     'partial results under a file': (['{data}/val', '--dataset', 'folder', '--partial-results',
                                       '{root}/garbage.pth/p.json'], 'which is a file'),
-    'zero std': (['{data}/val', '--dataset', 'folder', '--std', '0', '0', '0'], '--std values must be positive'),
-    'tiny crop pct': (['{data}/val', '--dataset', 'folder', '--crop-pct', '1e-4'], '--crop-pct must be between'),
+    'zero std': (['{data}/val', '--dataset', 'folder', '--std', '0', '0', '0'], '--std: must be a positive number'),
+    'tiny crop pct': (['{data}/val', '--dataset', 'folder', '--crop-pct', '1e-4'], '--crop-pct: must be between'),
     # class maps: every malformed kind is one line naming the problem (they were tracebacks or silently misread)
     **{f'class map {name}': (['{data}/val', '--dataset', 'folder', '--class-map', '{root}/' + name], expected)
        for name, expected in {

@@ -16,7 +16,7 @@ from robustcnn.benchmarks.context import EvaluationContext
 from robustcnn.benchmarks.runner import ValidationRequest
 from robustcnn.data.folder import load_rgb_image
 from robustcnn.data.label_space import LabelSpace, imagenet_wnids
-from robustcnn.engine.runtime import init_runtime
+from robustcnn.engine.runtime import DeviceSettings, init_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,8 @@ def predict_tree(root: Path, batch_size: int, reduce=None):
     runtime = init_runtime('cpu')
     request = ValidationRequest(data_dir=str(root), workers=0, batch_size=batch_size, log_freq=0)
     context = EvaluationContext(request=request, runtime=runtime, model=ColorCodeClassifier(), model_name='color',
-                                amp_dtype=None, workers=0)
+                                settings=DeviceSettings(amp_dtype=None, channels_last=False, batch_size=batch_size),
+                                workers=0)
     benchmark = get_benchmark('imagenet')
     prepared = benchmark.prepare(root, LabelSpace.imagenet_1k())
     return prepared, context.predict(prepared, context.preprocessing(benchmark), 'predict', reduce=reduce)

@@ -326,12 +326,13 @@ def run_attack(context: Any, dataset: str, prepared: Any, preprocessing: EvalPre
         raise UsageError(f'--attack autoattack needs at least {MIN_AUTOATTACK_CLASSES} scored classes (APGD-T\'s '
                          f'targeted DLR loss), {dataset} scores {num_classes}; use --attack pgd')
     samples = select_attack_samples(prepared.samples, spec.max_samples, prepared.root, spec.image_list)
-    record = attack_record(spec, num_classes, request.amp_dtype)
+    record = attack_record(spec, num_classes, context.settings.amp_dtype)
     record['order'] = (f'--attack-image-list {spec.image_list}' if spec.image_list else
                        'classes in turn (the first file of every class, then the second, ...)')
     record['first_samples'] = [Path(path).relative_to(prepared.root).as_posix() for path, _ in samples[:5]]
     attack_identity = {'dataset': dataset, 'attack': record, 'num_samples': len(samples),
-                       'first_samples': [path for path, _ in samples[:3]], 'channels_last': request.channels_last}
+                       'first_samples': [path for path, _ in samples[:3]],
+                       'channels_last': context.settings.channels_last}
     resume: PartialFile | ResumeStoreUnit | None = None
     if store is not None:
         resume = ResumeStoreUnit(store, attack_identity)
@@ -341,8 +342,8 @@ def run_attack(context: Any, dataset: str, prepared: Any, preprocessing: EvalPre
                  ', '.join(spec.eps_text), len(samples), len(prepared.samples), preprocessing)
     counts, resumed, seconds = evaluate_attack(
         context.model, samples, preprocessing, runtime, spec, label_subset=prepared.label_subset,
-        num_classes=num_classes, batch_size=request.batch_size, workers=context.workers,
-        pin_memory=request.pin_memory, channels_last=request.channels_last, amp_dtype=context.amp_dtype,
+        num_classes=num_classes, batch_size=context.settings.batch_size, workers=context.workers,
+        pin_memory=request.pin_memory, channels_last=context.settings.channels_last, amp_dtype=context.amp_dtype,
         log_freq=request.log_freq, description=f'{dataset} {spec.attack}', resume=resume,
         save_every=request.group_sync_every)
     scored = counts.scored

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ..cli import UsageError
+
 if TYPE_CHECKING:
     from .base import Benchmark, ClassFolderBenchmark, DatasetLayoutError, PreparedData
 
@@ -66,4 +68,4 @@ def get_benchmark(name: str) -> Benchmark:
     try:
         return (globals().get('BENCHMARKS') or __getattr__('BENCHMARKS'))[name]
     except KeyError:
-        raise ValueError(f'unknown dataset {name!r}; expected one of {", ".join(BENCHMARK_NAMES)}') from None
+        raise UsageError(f'unknown dataset {name!r}; expected one of {", ".join(BENCHMARK_NAMES)}') from None

@@ -23,18 +23,20 @@ from ..data.folder import ClassFolderDataset
 from ..data.loader import build_eval_loader
 from ..data.transforms import EvalPreprocessing, build_eval_transform, resolve_eval_preprocessing
 from ..engine.evaluate import EvalResult, Predictions, evaluate, predict
+from ..engine.runtime import DeviceSettings
 from .base import PreparedData
+from .request import ValidationRequest
 
 if TYPE_CHECKING:
     from .base import Benchmark
-    from .runner import ValidationRequest
 
 __all__ = ['EvaluationContext', 'ResumeStore', 'Predictions', 'model_record']
 
 _logger = logging.getLogger(__name__)
 
 
-def model_record(request: ValidationRequest, model_name: str, model: torch.nn.Module) -> dict[str, Any]:
+def model_record(request: ValidationRequest, settings: DeviceSettings, model_name: str,
+                 model: torch.nn.Module) -> dict[str, Any]:
     """What decides the model's outputs apart from the pixels: the weights (file identity), the architecture and
     its arguments, and the numerics the run computes with."""
     checkpoint = None
@@ -44,8 +46,8 @@ def model_record(request: ValidationRequest, model_name: str, model: torch.nn.Mo
     return {
         'model': model_name, 'checkpoint': checkpoint, 'use_ema': request.use_ema, 'pretrained': request.pretrained,
         'model_kwargs': dict(request.model_kwargs) if request.model_kwargs else None,
-        'num_classes': getattr(model, 'num_classes', None), 'amp_dtype': request.amp_dtype,
-        'channels_last': request.channels_last, 'fuse': request.fuse,
+        'num_classes': getattr(model, 'num_classes', None), 'amp_dtype': settings.amp_dtype,
+        'channels_last': settings.channels_last, 'fuse': request.fuse,
     }
 
 
@@ -135,12 +137,16 @@ class EvaluationContext:
     runtime: Any
     model: torch.nn.Module
     model_name: str
-    amp_dtype: torch.dtype | None
+    settings: DeviceSettings  # autocast, channels-last and the process batch, as the runtime resolved them
     workers: int
     # the record of the model (weights, architecture, numerics) that resume identities are derived from
     model_record: dict[str, Any] = field(default_factory=dict)
     # entries of the sets already scored in this run, by name (e.g. 'imagenet' top1 for ImageNet-C's relative mCE)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return self.settings.torch_amp_dtype
 
     def preprocessing(self, benchmark: Benchmark) -> EvalPreprocessing:
         """The model's data config with the command line's overrides, in the set's default resize mode."""
@@ -162,11 +168,11 @@ class EvaluationContext:
             # workers read bytes (and fully decode what is not a plain JPEG); the device decodes and resizes batches
             dataset = JpegBytesDataset(prepared.samples, transform, on_decode_error='skip')
             return DeviceDecodingLoader(
-                build_eval_loader(dataset, request.batch_size, self.workers, self.runtime, request.pin_memory,
+                build_eval_loader(dataset, self.settings.batch_size, self.workers, self.runtime, request.pin_memory,
                                   collate_fn=collate_encoded_batch),
                 transform, self.runtime.device, dataset)
         dataset = ClassFolderDataset(prepared.samples, transform, on_decode_error='skip')
-        return build_eval_loader(dataset, request.batch_size, self.workers, self.runtime, request.pin_memory)
+        return build_eval_loader(dataset, self.settings.batch_size, self.workers, self.runtime, request.pin_memory)
 
     def evaluate(self, prepared: PreparedData, preprocessing: EvalPreprocessing, description: str,
                  **options: Any) -> EvalResult:
@@ -174,7 +180,7 @@ class EvaluationContext:
         (``sample_groups=SampleGroups(...)`` for per-group counts)."""
         return evaluate(
             self.model, self.loader(prepared, preprocessing), self.runtime, amp_dtype=self.amp_dtype,
-            channels_last=self.request.channels_last, label_subset=prepared.label_subset,
+            channels_last=self.settings.channels_last, label_subset=prepared.label_subset,
             normalization=(preprocessing.mean, preprocessing.std), log_freq=self.request.log_freq,
             description=description, **options)
 
@@ -183,19 +189,23 @@ class EvaluationContext:
         """Every sample's output (``reduce(logits)`` if given) in dataset order, gathered over all processes."""
         return predict(
             self.model, self.loader(prepared, preprocessing), self.runtime, len(prepared.samples),
-            amp_dtype=self.amp_dtype, channels_last=self.request.channels_last,
+            amp_dtype=self.amp_dtype, channels_last=self.settings.channels_last,
             normalization=(preprocessing.mean, preprocessing.std), reduce=reduce, description=description)
 
     def resume_store(self, name: str, prepared: PreparedData, preprocessing: EvalPreprocessing,
                      fields: tuple[str, ...] = ()) -> ResumeStore:
         """Where set ``name`` keeps finished units: --partial-results, else ``<results>.<name>.partial.json``
-        beside --results-file (no file: no resume). The identity is derived from the model record, the
-        preprocessing record, the data folder and the label space, so a flag that changes pixels or outputs
-        changes it without being listed anywhere."""
+        beside --results-file (no file: no resume). In a suite every resumable set has its own file, also under
+        an explicit --partial-results PATH (``<PATH stem>.<name><PATH suffix>``): one shared file would hold only
+        the set run last, so after a kill the first set's restart threw away the progress of the one killed.
+        The identity is derived from the model record, the preprocessing record, the data folder and the label
+        space, so a flag that changes pixels or outputs changes it without being listed anywhere."""
         request = self.request
         path = None
         if request.partial_results:
             path = Path(request.partial_results)
+            if request.suite:
+                path = path.with_name(f'{path.stem}.{name}{path.suffix}')
         elif request.results_file:
             results = Path(request.results_file)
             path = results.with_name(f'{results.stem}.{name}.partial.json')

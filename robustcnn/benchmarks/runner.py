@@ -6,78 +6,32 @@ checked before the model is built, so a typo costs a second, not a model load.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import torch
 
 from ..checkpoint import CheckpointMetadata, check_state_dict_fits, extract_state_dict, load_checkpoint_file
-from ..cli import UsageError
+from ..cli import UsageError, setup_logging
 from ..data.device_decode import check_device_preprocessing
 from ..data.label_space import LabelSpace, resolve_label_space
 from ..data.loader import default_workers
-from ..engine.runtime import AMP_DTYPES
-from ..report import check_results_path, readme_row, write_figure, write_results
+from ..engine.runtime import Runtime, init_runtime
+from ..report import readme_row, results_to_markdown, write_figure, write_results
 from . import BENCHMARKS, DEFAULT_DATASET, SUITE_ORDER, get_benchmark
 from .base import Benchmark, ClassFolderBenchmark, DatasetLayoutError, PreparedData, normalized_name
 from .context import EvaluationContext, model_record
+from .request import ValidationRequest
 
 __all__ = ['ValidationRequest', 'infer_dataset', 'find_suite_datasets', 'load_eval_model', 'run_validation',
-           'apply_checkpoint_defaults']
+           'apply_checkpoint_defaults', 'run_validation_command']
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ValidationRequest:
-    """Everything validate.py's command line decides (timm's flag names; release flags already mapped)."""
-
-    data_dir: str
-    dataset: str | None = None
-    model: str | None = None
-    checkpoint: str | None = None
-    pretrained: bool = False
-    use_ema: bool = False
-    num_classes: int | None = None
-    model_kwargs: Mapping[str, Any] | None = None
-    class_map: str | None = None
-    suite: bool = False
-    suite_datasets: Sequence[str] | None = None
-    dataset_dirs: Mapping[str, str] = field(default_factory=dict)
-    resize_mode: str | None = None
-    img_size: int | None = None
-    input_size: Sequence[int] | None = None
-    crop_pct: float | None = None
-    interpolation: str | None = None
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
-    batch_size: int = 64
-    workers: int | None = None
-    pin_memory: bool = False
-    decode_on_device: bool = False
-    amp_dtype: str | None = None
-    channels_last: bool = False
-    fuse: bool = True
-    log_freq: int = 50
-    results_file: str | None = None
-    figure: str | None = None
-    partial_results: str | None = None
-    allow_partial: bool = False
-    extra_corruptions: bool = False
-    clean_error: float | None = None
-    group_sync_every: int = 50
-    # ImageNet-ReaL's real.json (None: timm's copy), ImageNet-O's in-distribution ImageNet val folder (None: in
-    # --suite the suite's ImageNet folder), ObjectNet's pooling of ImageNet logits ('max' or 'template')
-    real_labels: str | None = None
-    in_distribution: str | None = None
-    objectnet_pooling: str = 'max'
-    # shape bias / model-vs-human sets: model-vs-human's raw-data/ folder (human trials) for the human-likeness metrics
-    human_data: str | None = None
-    attack: Any = None  # robustcnn.adversarial.AttackSpec: score robust accuracy instead (see adversarial/)
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -235,30 +189,36 @@ def _fuse(model: torch.nn.Module) -> torch.nn.Module:
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 
-def run_validation(request: ValidationRequest, runtime: Any,
+def run_validation_command(request: ValidationRequest, args: argparse.Namespace) -> int:
+    """validate.py after its arguments are checked: the runtime (``--device``, ``--threads``), the evaluation, the
+    table on stdout, the trackers (``--log-tensorboard`` / ``--log-wandb``)."""
+    runtime = init_runtime(args.device)
+    setup_logging(runtime.is_main)
+    runtime.configure_threads(args.threads, log_level=logging.DEBUG)  # before its data checks' one-line errors
+    with runtime.session():
+        payload = run_validation(request, runtime)
+    if runtime.is_main:
+        sys.stdout.write(results_to_markdown(payload))
+        from ..tracking import track_validation_run
+        track_validation_run(args, payload)
+    return 0
+
+
+def run_validation(request: ValidationRequest, runtime: Runtime,
                    benchmarks: Mapping[str, Benchmark] | None = None) -> dict[str, Any]:
     """Evaluate one model on one dataset or a suite; returns the results payload (and writes the files).
 
     ``benchmarks``: sets that take the place of the registered ones of the same dataset name for this run (the
     synthetic demo's stylized set, which also knows each image's texture class); None: the registered sets.
     """
-    if request.results_file:
-        try:
-            check_results_path(request.results_file)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-    if request.batch_size <= 0:
-        raise UsageError(f'--batch-size must be positive, got {request.batch_size}')
-    if request.amp_dtype is not None and request.amp_dtype not in AMP_DTYPES:
-        raise UsageError(f'--amp-dtype must be one of {", ".join(AMP_DTYPES)}, got {request.amp_dtype}')
+    if request.decode_on_device and runtime.kind not in ('cuda', 'cpu'):
+        raise UsageError(f'--decode-on-device works with CUDA (nvJPEG) or the CPU, not {runtime.kind}; drop it '
+                         f'to decode in the loader workers')
+    settings = runtime.device_settings(amp=request.amp, amp_dtype=request.amp_dtype,
+                                       channels_last=request.channels_last, batch_size=request.batch_size)
     if request.decode_on_device:
-        if runtime.kind not in ('cuda', 'cpu'):
-            raise UsageError(f'--decode-on-device works with CUDA (nvJPEG) or the CPU, not {runtime.kind}; drop it '
-                             f'to decode in the loader workers')
         _logger.info('JPEGs are decoded on %s in batches (torchvision decode_jpeg%s); workers read the files',
                      runtime.device, ', nvJPEG' if runtime.kind == 'cuda' else '')
-    if request.clean_error is not None and not 0 <= request.clean_error <= 100:
-        raise UsageError(f'--clean-error is a top-1 error in percent (0..100), got {request.clean_error}')
 
     # 1. datasets: folders exist and look right (cheap; before the model loads)
     if request.suite:
@@ -293,10 +253,7 @@ def run_validation(request: ValidationRequest, runtime: Any,
                                             default=None) if (request.class_map or metadata.class_names) else None
 
     # 3. scan the class-folder sets now, so a bad layout fails before the model loads
-    try:
-        prepared = _prepare_all(request, sets, datasets, model_label_space)
-    except ValueError as error:  # label-space problems: the user picked the wrong dataset / class map
-        raise UsageError(str(error)) from None
+    prepared = _prepare_all(request, sets, datasets, model_label_space)
     explicit = model_label_space is not None
     model_label_space = model_label_space or max((item.label_space for item in prepared.values()), key=len)
 
@@ -308,23 +265,18 @@ def run_validation(request: ValidationRequest, runtime: Any,
     if request.fuse:
         model = _fuse(model)
     model.eval().to(runtime.device)
-    if request.channels_last:
+    if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     _logger.info('model %s (%.2f M parameters) on %s, %d process(es)', model_name,
                  sum(parameter.numel() for parameter in model.parameters()) / 1e6, runtime.device, runtime.world_size)
     context = EvaluationContext(request=request, runtime=runtime, model=model, model_name=model_name,
-                                amp_dtype=AMP_DTYPES[request.amp_dtype] if request.amp_dtype else None,
+                                settings=settings,
                                 workers=default_workers() if request.workers is None else request.workers,
-                                model_record=model_record(request, model_name, model))
-    try:
-        if request.decode_on_device:  # every set's preprocessing, before the first image is read
-            for name in datasets:
-                check_device_preprocessing(context.preprocessing(sets[name]))
-        return _score_all(context, sets, prepared)
-    except ValueError as error:
-        if isinstance(error, UsageError):
-            raise
-        raise UsageError(str(error)) from None
+                                model_record=model_record(request, settings, model_name, model))
+    if request.decode_on_device:  # every set's preprocessing, before the first image is read
+        for name in datasets:
+            check_device_preprocessing(context.preprocessing(sets[name]))
+    return _score_all(context, sets, prepared)
 
 
 def _prepare_all(request: ValidationRequest, sets: Mapping[str, Benchmark], datasets: Mapping[str, Path],

@@ -23,6 +23,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..cli import UsageError
+from .label_space import LabelSpaceError
+
 __all__ = [
     'IMAGE_EXTENSIONS', 'PIXEL_BUDGET', 'ImageDecodeError', 'load_rgb_image', 'read_image_file', 'check_image_size',
     'list_class_folders', 'scan_class_folders', 'ClassFolderDataset',
@@ -123,7 +126,7 @@ def list_class_folders(root: str | os.PathLike) -> list[str]:
             continue
         target = (root / name).resolve()
         if target == resolved_root or target in resolved_root.parents or resolved_root in target.parents:
-            raise ValueError(f'class folder {root / name} links to {target}, which is the dataset folder, above it or '
+            raise UsageError(f'class folder {root / name} links to {target}, which is the dataset folder, above it or '
                              f'inside it (its images would be read twice or as another class); remove the link')
     return names
 
@@ -142,7 +145,7 @@ def scan_class_folders(
     folder_names = list_class_folders(root) if folder_names is None else list(folder_names)
     unknown = [name for name in folder_names if name not in class_to_index]
     if unknown:
-        raise ValueError(
+        raise LabelSpaceError(
             f'class folder(s) {", ".join(unknown[:5])}{" ..." if len(unknown) > 5 else ""} under {root} are not in '
             f'the label space ({len(class_to_index)} classes); pass --class-map with the model\'s class list'
         )

@@ -87,7 +87,7 @@ class LabelSpace:
         """Classifier indices of ``names``; every one must be in this label space."""
         missing = [name for name in names if name not in self.class_to_index]
         if missing:
-            raise ValueError(
+            raise LabelSpaceError(
                 f'{purpose} needs {len(missing)} class(es) the model does not have (e.g. {", ".join(missing[:3])}; '
                 f'label space from {self.source}, {len(self)} classes)'
             )

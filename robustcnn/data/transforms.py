@@ -19,7 +19,8 @@ from PIL import Image
 from torchvision import transforms as tv_transforms
 from torchvision.transforms import functional as tv_functional
 
-from ..config import RESIZE_MODES
+from ..arguments import RESIZE_MODES
+from ..cli import UsageError
 
 __all__ = ['RESIZE_MODES', 'EvalPreprocessing', 'resolve_eval_preprocessing', 'build_eval_transform']
 
@@ -84,15 +85,15 @@ def resolve_eval_preprocessing(
     if len(std_values) == 1:
         std_values = std_values * channels
     if len(mean_values) != channels or len(std_values) != channels:
-        raise ValueError(f'--mean/--std need 1 or {channels} values, got {len(mean_values)} and {len(std_values)}')
+        raise UsageError(f'--mean/--std need 1 or {channels} values, got {len(mean_values)} and {len(std_values)}')
     if any(value <= 0 for value in std_values):
-        raise ValueError(f'--std values must be positive, got {std_values}')
+        raise UsageError(f'--std values must be positive, got {std_values}')
     size = tuple(int(value) for value in config['input_size'])
     if any(value <= 0 for value in size):
-        raise ValueError(f'input size must be positive, got {size}')
+        raise UsageError(f'input size must be positive, got {size}')
     pct = float(config.get('crop_pct') or 0.875)
     if not 0 < pct <= 10:
-        raise ValueError(f'--crop-pct must be in (0, 10], got {pct}')
+        raise UsageError(f'--crop-pct must be in (0, 10], got {pct}')
     return EvalPreprocessing(
         input_size=size, resize_mode=resize_mode, crop_pct=pct, crop_mode=str(config.get('crop_mode') or 'center'),
         interpolation=str(config['interpolation']), mean=mean_values, std=std_values,

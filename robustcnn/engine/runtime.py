@@ -25,8 +25,10 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 import torch.distributed as dist
 
-__all__ = ['Runtime', 'init_runtime', 'resolve_device_kind', 'AMP_DTYPES', 'IGNORE_TARGET', 'DeviceGroupBatchNorm2d',
-           'xla_compile_count', 'runtime_inference_mode', 'usable_cpu_count', 'cgroup_cpu_limit', 'local_world_size',
+from ..cli import UsageError
+
+__all__ = ['Runtime', 'DeviceSettings', 'init_runtime', 'resolve_device_kind', 'AMP_DTYPES', 'IGNORE_TARGET',
+           'DeviceGroupBatchNorm2d', 'xla_compile_count', 'runtime_inference_mode', 'usable_cpu_count', 'cgroup_cpu_limit', 'local_world_size',
            'runnable_elsewhere', 'cpu_threads']
 
 _logger = logging.getLogger(__name__)
@@ -165,9 +167,9 @@ def resolve_device_kind(device: str) -> str:
             return 'xla'
         return 'cuda' if torch.cuda.is_available() else 'cpu'
     if device == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError('--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto')
+        raise UsageError('--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto')
     if device not in ('cpu', 'cuda', 'xla'):
-        raise ValueError(f'unknown --device {device!r}; expected auto, cpu, cuda or xla')
+        raise UsageError(f'unknown --device {device!r}; expected auto, cpu, cuda or xla')
     return device
 
 
@@ -234,6 +236,20 @@ def xla_compile_count() -> int:
         return 0
     data = metrics.metric_data('CompileTime')
     return int(data[0]) if data else 0
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """What :meth:`Runtime.device_settings` resolved: autocast dtype name (None: float32), channels-last, and the
+    batch one process loads. Results files and resume identities record these resolved values."""
+
+    amp_dtype: str | None
+    channels_last: bool
+    batch_size: int
+
+    @property
+    def torch_amp_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES[self.amp_dtype] if self.amp_dtype else None
 
 
 @dataclass
@@ -351,10 +367,32 @@ class Runtime:
         """XLA has no float16 gradient scaler; TPUs compute in bfloat16 natively. On a CPU autocast works but is
         slow (CPUs without native bfloat16 emulate it), so asking for it gets a one-line warning."""
         if self.kind == 'xla' and amp_dtype == torch.float16:
-            raise ValueError('--amp-dtype float16 is not supported on XLA devices; use --amp-dtype bfloat16')
+            raise UsageError('--amp-dtype float16 is not supported on XLA devices; use --amp-dtype bfloat16')
         if self.kind == 'cpu' and amp_dtype is not None and self.is_main:
             _logger.warning('--amp on a CPU: %s autocast is usually several times slower than float32 here; '
                             '--no-amp runs in float32', str(amp_dtype).replace('torch.', ''))
+
+    def device_settings(self, *, amp: bool | None, amp_dtype: str, channels_last: bool | None,
+                        batch_size: int) -> 'DeviceSettings':
+        """train.py's and validate.py's speed switches as this device runs them: the one place their defaults live.
+
+        ``amp`` / ``channels_last`` left unset (None) are on for CUDA (bf16 autocast and channels-last are its fast
+        path) and off elsewhere; ``batch_size`` is per device, so an XLA host loads one batch for all its chips.
+        On CUDA, ``cudnn.benchmark`` is switched on as the speed tool does and timm's train.py / validate.py do:
+        the batches of training (random-resized crops) and of evaluation (one input size per set) have fixed
+        shapes, so cuDNN's search for the fastest convolution kernels runs once per shape (the last, shorter batch
+        of a set adds one; ``--resize-mode none`` on images of mixed sizes one per size) and every later batch
+        uses its pick.
+        """
+        use_amp = (self.kind == 'cuda') if amp is None else amp
+        settings = DeviceSettings(
+            amp_dtype=amp_dtype if use_amp else None,
+            channels_last=(self.kind == 'cuda') if channels_last is None else channels_last,
+            batch_size=self.process_batch_size(batch_size))
+        self.check_amp_dtype(settings.torch_amp_dtype)
+        if self.kind == 'cuda':
+            torch.backends.cudnn.benchmark = True
+        return settings
 
     def inference_mode(self) -> contextlib.AbstractContextManager:
         """No autograd for evaluation: ``torch.inference_mode`` where the device supports it (XLA tensors cannot be
@@ -379,7 +417,7 @@ class Runtime:
             return model
         if sync_bn and self.distributed:
             if self.kind != 'cuda':
-                raise ValueError(f'--sync-bn needs CUDA GPUs (PyTorch has no SyncBatchNorm on {self.kind})')
+                raise UsageError(f'--sync-bn needs CUDA GPUs (PyTorch has no SyncBatchNorm on {self.kind})')
             return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if sync_bn:
             _logger.info('--sync-bn has no effect in a single process')
@@ -537,15 +575,15 @@ def _to_cpu(value: Any) -> Any:
 def _init_xla_runtime() -> Runtime:
     """SPMD over every device of the job: one process per host, the batch split over a 1-D mesh of all chips."""
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:
-        raise RuntimeError('--device xla runs one process per host (SPMD over its chips): start it with python3, '
-                           'not torchrun (see TRAIN.md, TPU section)')
+        raise UsageError('--device xla runs one process per host (SPMD over its chips): start it with python3, '
+                         'not torchrun (see TRAIN.md, TPU section)')
     try:
         import numpy as np
         import torch_xla
         import torch_xla.distributed.spmd as xs
         import torch_xla.runtime as xr
     except ImportError as error:
-        raise RuntimeError(f'--device xla needs torch_xla ({error}); install it with: {XLA_INSTALL_HINT}') from None
+        raise UsageError(f'--device xla needs torch_xla ({error}); install it with: {XLA_INSTALL_HINT}') from None
     if not os.environ.get('PJRT_DEVICE'):
         os.environ['PJRT_DEVICE'] = 'TPU'
     # 0 and 1 would otherwise be baked into graphs as constants: the first two batches of every epoch (and any
@@ -559,8 +597,8 @@ def _init_xla_runtime() -> Runtime:
     devices_per_process = num_devices // max(world_size, 1)
     expected = os.environ.get('ROBUSTCNN_XLA_NUM_DEVICES')  # scripts/launch_xla.py --num-devices
     if expected and int(expected) != devices_per_process:
-        raise RuntimeError(f'--num-devices {expected} was asked for but this host has {devices_per_process} XLA '
-                           f'devices ({xr.device_type()}); pass --num-devices {devices_per_process} or leave it out')
+        raise UsageError(f'--num-devices {expected} was asked for but this host has {devices_per_process} XLA '
+                         f'devices ({xr.device_type()}); pass --num-devices {devices_per_process} or leave it out')
     return Runtime(kind='xla', device=torch_xla.device(), rank=xr.process_index(), world_size=world_size,
                    local_rank=0, devices_per_process=devices_per_process, spmd=True, mesh=mesh)
 

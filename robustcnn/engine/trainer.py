@@ -28,15 +28,16 @@ from .. import __version__
 from ..atomic import atomic_write_text
 from ..checkpoint import CheckpointError, CheckpointMetadata, load_checkpoint_file, load_model_weights
 from ..cli import UsageError, setup_logging
-from ..config import args_to_yaml, effective_learning_rate, resolve_device_defaults, total_batch_size
+from ..config import args_to_yaml, effective_learning_rate, total_batch_size
 from ..data.folder import ClassFolderDataset, scan_class_folders
+from ..data.label_space import LabelSpaceError
 from ..data.loader import build_eval_loader
 from ..data.train_data import build_train_loader, build_train_transform, check_split_folder, resolve_class_names
 from ..tracking import NullTracker, Tracker, build_tracker
 from ..run_folder import RunFolderClaim, claim_run_folder, set_aside
 from .checkpointing import CheckpointSaver, ResumePoint, check_resume_geometry, find_resume_checkpoint, \
     restore_training_state, training_checkpoint
-from .runtime import AMP_DTYPES, Runtime, init_runtime
+from .runtime import Runtime, init_runtime
 from .train_loop import NonFiniteLossError, TrainingSetup, train_one_epoch, unwrap_model
 
 if TYPE_CHECKING:
@@ -242,7 +243,10 @@ class _Trainer:
 
     def prepare(self) -> None:
         args, runtime = self.args, self.runtime
-        resolve_device_defaults(args, runtime.kind)
+        device_settings = runtime.device_settings(amp=args.amp, amp_dtype=args.amp_dtype,
+                                                       channels_last=args.channels_last, batch_size=args.batch_size)
+        # the resolved switches are what args.yaml and checkpoints record, so a resume repeats them
+        args.amp, args.channels_last = device_settings.amp_dtype is not None, device_settings.channels_last
         if args.torchcompile and args.torchcompile not in torch._dynamo.list_backends(exclude_tags=()):
             raise UsageError(f'--torchcompile {args.torchcompile}: not a torch.compile backend; choose from '
                              f'{", ".join(torch._dynamo.list_backends())}')
@@ -277,10 +281,7 @@ class _Trainer:
         model.to(runtime.device)
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
-        try:
-            model = runtime.configure_batchnorm(model, sync_bn=args.sync_bn)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+        model = runtime.configure_batchnorm(model, sync_bn=args.sync_bn)
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
         _logger.info('model %s: %.2f M parameters, %d classes, input %s', args.model,
                      sum(p.numel() for p in model.parameters()) / 1e6, num_classes, data_config['input_size'])
@@ -291,14 +292,14 @@ class _Trainer:
         train_loader = build_train_loader(
             args, train_folder, class_to_index, build_train_transform(args, data_config),
             num_replicas=runtime.world_size, rank=runtime.rank, pin_memory=pin_memory,
-            batch_size=runtime.process_batch_size(args.batch_size),
+            batch_size=device_settings.batch_size,
             workers=runtime.loader_workers(runtime.process_batch_size(args.workers)))  # per device, like -b
         eval_preprocessing = resolve_eval_preprocessing(
             model, 'resize_center_crop', img_size=args.img_size, input_size=args.input_size, crop_pct=args.crop_pct,
             interpolation=args.interpolation, mean=args.mean, std=args.std)
         try:
             val_samples = scan_class_folders(val_folder, class_to_index)
-        except ValueError as error:  # a validation folder that is not a training class
+        except LabelSpaceError as error:  # a validation folder that is not a training class
             raise UsageError(str(error).replace('pass --class-map with the model\'s class list',
                                                 'validation classes must be training classes')) from None
         if not val_samples:
@@ -312,11 +313,7 @@ class _Trainer:
 
         # 5. recipe
         recipe = build_recipe(args, model, num_classes, runtime.data_parallel_size, updates_per_epoch)
-        amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
-        try:
-            runtime.check_amp_dtype(amp_dtype)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
+        amp_dtype = device_settings.torch_amp_dtype
         scaler = torch.amp.GradScaler(runtime.kind) if amp_dtype == torch.float16 else None
         adversary = _build_adversary(args, runtime, data_config, amp_dtype, recipe.mixup)
         _logger.info('recipe: %s lr %.3e (total batch %d = %d x %d devices x %d accumulation steps), '
@@ -535,10 +532,7 @@ def run_training(args: argparse.Namespace, runtime: Runtime | None = None) -> Tr
     setup_logging(runtime.is_main if runtime is not None else os.environ.get('RANK', '0') == '0')
     own_runtime = runtime is None
     if runtime is None:
-        try:
-            runtime = init_runtime(args.device)
-        except (RuntimeError, ValueError) as error:
-            raise UsageError(str(error)) from None
+        runtime = init_runtime(args.device)
     trainer = _Trainer(args, runtime)
     try:
         try:

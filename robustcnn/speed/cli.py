@@ -69,10 +69,7 @@ def main(argv: Sequence[str] | None = None, prog: str = 'speed.py') -> int:
         return pipelines_main(argv[0], argv[1:])
     args = build_parser(prog).parse_args(argv)
     setup_logging(True)
-    try:
-        device = resolve_device_kind(args.device)
-    except RuntimeError as error:
-        raise UsageError(str(error)) from None
+    device = resolve_device_kind(args.device)
     if args.timer == 'cpu' and device != 'cpu':
         raise UsageError('--timer cpu measures CPU seconds; use it with --device cpu')
     if args.threads is not None:

@@ -692,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..engine.runtime import resolve_device_kind
     try:
         resolve_device_kind(args.device)
-    except RuntimeError:  # no GPU visible
+    except UsageError:  # no GPU visible
         raise UsageError('--device cuda: no CUDA GPU is visible; --device cpu checks the check on a CPU') from None
     setup_logging(False)  # warnings only: the progress lines and the table are the output
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,8 @@ def time_one_pipeline(root: Path, model_name: str, checkpoint: Path, batch_size:
     request = ValidationRequest(data_dir=str(root), dataset='imagenet-c', model=model_name,
                                 checkpoint=str(checkpoint), batch_size=batch_size,
                                 workers=workers, log_freq=0, allow_partial=False, decode_on_device=decode_on_device,
-                                pin_memory=device == 'cuda', amp_dtype=amp_dtype, channels_last=channels_last)
+                                pin_memory=device == 'cuda', amp=amp_dtype is not None,
+                                amp_dtype=amp_dtype or 'bfloat16', channels_last=channels_last)
     start = time.perf_counter()
     payload = run_validation(request, runtime)
     return time.perf_counter() - start, payload
@@ -207,10 +208,7 @@ def _imagenet_c_parser() -> argparse.ArgumentParser:
 
 def _imagenet_c_main(argv: Sequence[str]) -> int:
     args = _imagenet_c_parser().parse_args(argv)
-    try:
-        resolve_device_kind(args.device)
-    except RuntimeError as error:  # no GPU visible
-        raise UsageError(str(error)) from None
+    resolve_device_kind(args.device)  # no GPU visible: a UsageError
     try:
         worker_counts = [int(value) for value in args.workers.split(',') if value.strip()]
     except ValueError:

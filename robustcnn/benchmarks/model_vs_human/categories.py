@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ...data.label_space import LabelSpace
+from ...data.label_space import LabelSpace, LabelSpaceError
 
 __all__ = ['CATEGORIES', 'CATEGORY_CLASS_INDICES', 'NUM_CATEGORIES', 'category_index', 'category_membership',
            'sixteen_class_probabilities', 'sixteen_class_probabilities_numpy', 'SixteenClassReduce',
@@ -71,7 +71,7 @@ def category_membership(num_classes: int = 1000) -> np.ndarray:
 def check_imagenet_label_space(label_space: LabelSpace, title: str) -> None:
     """The 16-class mapping names ImageNet-1k classifier outputs; any other label space cannot be scored."""
     if not label_space.is_imagenet_1k:
-        raise ValueError(
+        raise LabelSpaceError(
             f'{title} maps ImageNet-1k outputs to its 16 categories, but the model\'s label space is '
             f'{len(label_space)} classes from {label_space.source}; evaluate an ImageNet-1k classifier')
 

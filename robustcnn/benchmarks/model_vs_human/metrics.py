@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ...cli import UsageError
 from .categories import CATEGORIES
 from .experiments import DEFAULT_SETS, SetSpec
 from .filenames import canonical_condition, short_image_name, texture_category
@@ -66,7 +67,7 @@ class HumanTrial:
         return self.response == self.category
 
 
-class HumanDataError(ValueError):
+class HumanDataError(UsageError):
     """The --human-data folder is missing, empty or not model-vs-human's raw-data CSVs (a user error, one line)."""
 
 
