@@ -39,7 +39,8 @@ def test_leaf_modules_load_no_torch_and_no_other_layer() -> None:
                           env=subprocess_env())
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split('\n')[:2] == [
-        "['robustcnn.atomic', 'robustcnn.cli', 'robustcnn.errors', 'robustcnn.faults']", 'False']
+        "['robustcnn.atomic', 'robustcnn.cli', 'robustcnn.errors', 'robustcnn.faults', 'robustcnn.interrupts']",
+        'False']
 
 
 def test_error_classes_keep_their_identity_where_they_are_imported_from() -> None:
