@@ -22,7 +22,7 @@ from robustcnn.benchmarks import get_benchmark  # noqa: E402
 from robustcnn.benchmarks.context import EvaluationContext  # noqa: E402
 from robustcnn.benchmarks.runner import ValidationRequest  # noqa: E402
 from robustcnn.data.label_space import LabelSpace  # noqa: E402
-from robustcnn.engine.runtime import init_runtime  # noqa: E402
+from robustcnn.engine.runtime import DeviceSettings, init_runtime  # noqa: E402
 from test_predict import build_tree, direct_logits  # noqa: E402
 
 KEPT_CLASSES = [7, 8, 500, 1]  # what the reduce keeps of the 1000 logits
@@ -34,8 +34,8 @@ def test_predict_under_spmd_gives_each_readable_sample_once_in_dataset_order(tmp
     root = build_tree(tmp_path / 'data')  # 10 files, 3 of them undecodable: batches of 4 keep 2..4, padded to 4
     request = ValidationRequest(data_dir=str(root), workers=0, batch_size=4, log_freq=0)
     model = ColorCodeClassifier().eval().to(runtime.device)
-    context = EvaluationContext(request=request, runtime=runtime, model=model, model_name='color', amp_dtype=None,
-                                workers=0)
+    context = EvaluationContext(request=request, runtime=runtime, model=model, model_name='color',
+                                settings=DeviceSettings(amp_dtype=None, channels_last=False, batch_size=4), workers=0)
     benchmark = get_benchmark('imagenet')
     prepared = benchmark.prepare(root, LabelSpace.imagenet_1k())
     predictions = context.predict(prepared, context.preprocessing(benchmark), 'predict',
