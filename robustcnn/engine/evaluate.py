@@ -21,7 +21,7 @@ from ..interrupts import until_interrupted
 from .runtime import IGNORE_TARGET, Runtime, runtime_inference_mode
 
 __all__ = ['EvalResult', 'GroupCounts', 'SampleGroups', 'Predictions', 'evaluate', 'predict', 'normalize_on_device',
-           'format_duration']
+           'format_duration', 'top5_hits']
 
 _logger = logging.getLogger(__name__)
 
@@ -231,6 +231,12 @@ class _EvalProgress:
                      100.0 * counts[0].item() / max(counts[2].item(), 1))
 
 
+def top5_hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[B, k]`` booleans, k = min(5, classes): whether a sample's i-th highest logit is its target. Column 0 is
+    top-1, ``any(dim=1)`` top-5; a target the logits cannot hold (XLA's IGNORE_TARGET padding) hits nothing."""
+    return logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets.unsqueeze(1))
+
+
 @runtime_inference_mode
 def evaluate(
         model: torch.nn.Module,
@@ -277,7 +283,7 @@ def evaluate(
                 if subset is not None:
                     output = output.index_select(1, subset)
                 loss_sum += F.cross_entropy(output, targets, reduction='sum').double()
-                hits = output.topk(min(5, output.shape[1]), dim=1).indices.eq(targets.unsqueeze(1))
+                hits = top5_hits(output, targets)
                 counts[0] += hits[:, 0].sum()
                 counts[1] += hits.any(dim=1).sum()
                 valid = targets.ne(IGNORE_TARGET)

@@ -27,6 +27,7 @@ from ..benchmarks.base import DatasetLayoutError, PreparedData, format_metric
 from ..benchmarks.stylized_imagenet import StylizedImageNet
 from ..data.folder import list_class_folders, scan_class_folders
 from ..data.label_space import LabelSpace
+from ..engine.evaluate import top5_hits
 from .benchmark import TEXTURE_LABELLED
 
 if TYPE_CHECKING:
@@ -44,12 +45,12 @@ TEXTURE_LABELS_FIELD = 'against_texture_labels'
 def label_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """Top-1 and top-5 (percent) and the mean cross entropy of gathered logits against one set of labels.
 
-    The numbers ``engine.evaluate`` counts batch by batch (top-k of the logits, NaN without samples), taken here
+    The numbers ``engine.evaluate`` counts batch by batch (its :func:`top5_hits`, NaN without samples), taken here
     over the outputs of ``predict``: a second label set needs the outputs, which evaluate's counts do not keep.
     """
     if not len(targets):
         return {'top1': math.nan, 'top5': math.nan, 'loss': math.nan}
-    hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets.unsqueeze(1))
+    hits = top5_hits(logits, targets)
     loss = F.cross_entropy(logits, targets, reduction='sum').double().item() / len(targets)
     return {'top1': 100.0 * hits[:, 0].sum().item() / len(targets),
             'top5': 100.0 * hits.any(dim=1).sum().item() / len(targets), 'loss': loss}
